@@ -1,0 +1,628 @@
+//! The daemon's configuration: one TOML file, read once at start.
+//!
+//! Every struct rejects unknown fields, so a typo is an error rather than a
+//! silently ignored setting. `examples/kmsgate.toml` documents every key and
+//! mirrors these structs. [`Config::validate`] is pure and table-tested;
+//! reading files named by settings and secrets happens later, in
+//! [`ProviderConfig::resolve_settings`] and [`ProviderConfig::resolve_secrets`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::allowlist::Allowlist;
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Path of the Unix socket kube-apiserver dials (the `endpoint` of the
+    /// EncryptionConfiguration, without `unix://`).
+    pub socket: PathBuf,
+    /// Permission bits of the socket, in octal. Default "0600": only the
+    /// daemon's user (the apiserver runs as root on control-plane nodes).
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// The provider that encrypts and answers Status. Optional when only one
+    /// provider is configured. Every provider can decrypt what it encrypted.
+    #[serde(default)]
+    pub primary: Option<String>,
+    /// How often each provider's status (key id, health) is refreshed in the
+    /// background, in milliseconds. A dead backend shows as unhealthy within
+    /// `status_interval_ms + limits.call_timeout_ms`, or at once when an
+    /// Encrypt or Decrypt sees it unavailable. Default 10000.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+    /// How long SIGTERM/SIGINT waits for in-flight calls before exiting, in
+    /// milliseconds. Default 10000.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// The providers, each a WebAssembly component.
+    pub providers: Vec<ProviderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Unique name: lowercase letters, digits and `-`, at most 63 bytes. It
+    /// prefixes every key id this provider issues (`<name>/<key id>`), so
+    /// renaming a provider strands its ciphertexts: keep names stable.
+    pub name: String,
+    /// Path of the provider's `.wasm` component; relative paths are relative
+    /// to the config file.
+    pub component: PathBuf,
+    /// The provider's own settings, handed to it through `wasi:config/store`.
+    /// Values are strings, numbers or booleans, or `{ file = "path" }` /
+    /// `{ env = "NAME" }` to read the value from a file or an environment
+    /// variable when the provider loads.
+    #[serde(default)]
+    pub settings: BTreeMap<String, SettingValue>,
+    /// Credentials the host attaches to the provider's outbound requests
+    /// (`secret-headers` in the WIT). They never enter the sandbox.
+    /// Each is `{ file = "path" }` or `{ env = "NAME" }`.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// Outbound HTTP the provider may make. Default: none.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+    /// Sandbox limits for each call.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// One provider setting.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum SettingValue {
+    Text(String),
+    Integer(i64),
+    Bool(bool),
+    /// Read from a file when the provider loads (trailing newline trimmed).
+    File {
+        file: PathBuf,
+    },
+    /// Read from an environment variable of the daemon when it loads.
+    Env {
+        env: String,
+    },
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretSource {
+    /// A file, read when the provider loads (trailing newline trimmed).
+    File(PathBuf),
+    /// An environment variable of the daemon.
+    Env(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// `scheme://host:port` entries the provider may call. `host` may be a
+    /// DNS name, an IP address, or `*.domain` (any subdomain). Empty: no
+    /// network at all.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// PEM bundle of CAs trusted for https; replaces the built-in roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `client_key_file`).
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Timeout of one request, connect included, in milliseconds.
+    /// Default 3000.
+    #[serde(default = "default_outbound_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest response body handed to the provider, in bytes. Default 1 MiB.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Cap on all linear memory of one provider instance, in MiB. Default 64.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// CPU budget of one call inside the sandbox (time spent in host calls,
+    /// such as outbound HTTP, does not count), in milliseconds. Default 1000.
+    #[serde(default = "default_cpu_ms")]
+    pub cpu_ms: u64,
+    /// Wall-clock limit of one call, host calls included, in milliseconds.
+    /// Must exceed `outbound.timeout_ms`. Default 5000.
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+}
+
+fn default_socket_mode() -> String {
+    "0600".into()
+}
+fn default_status_interval_ms() -> u64 {
+    10_000
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+fn default_outbound_timeout_ms() -> u64 {
+    3_000
+}
+fn default_max_response_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_memory_mib() -> u64 {
+    64
+}
+fn default_cpu_ms() -> u64 {
+    1_000
+}
+fn default_call_timeout_ms() -> u64 {
+    5_000
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            allowed_hosts: Vec::new(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            timeout_ms: default_outbound_timeout_ms(),
+            max_response_bytes: default_max_response_bytes(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            memory_mib: default_memory_mib(),
+            cpu_ms: default_cpu_ms(),
+            call_timeout_ms: default_call_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading config file {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path:?}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config file {path:?}: `{field}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("provider {provider}: {what}: {message}")]
+    Resolve {
+        provider: String,
+        what: String,
+        message: String,
+    },
+}
+
+/// A validation failure before the file name is known: the field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; relative paths inside it are made
+    /// relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.make_paths_absolute(base);
+        config.validate().map_err(|p| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: p.field,
+            message: p.message,
+        })?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    fn make_paths_absolute(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.socket);
+        for provider in &mut self.providers {
+            fix(&mut provider.component);
+            for value in provider.settings.values_mut() {
+                if let SettingValue::File { file } = value {
+                    fix(file);
+                }
+            }
+            for source in provider.secrets.values_mut() {
+                if let SecretSource::File(file) = source {
+                    fix(file);
+                }
+            }
+            let outbound = &mut provider.outbound;
+            for file in [
+                &mut outbound.ca_file,
+                &mut outbound.client_cert_file,
+                &mut outbound.client_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                fix(file);
+            }
+        }
+    }
+
+    /// Checks everything that can be checked without touching the disk.
+    pub fn validate(&self) -> Result<(), Problem> {
+        self.socket_mode()?;
+        if self.status_interval_ms < 100 {
+            return Err(Problem::new("status_interval_ms", "must be at least 100"));
+        }
+        if self.providers.is_empty() {
+            return Err(Problem::new("providers", "at least one provider is needed"));
+        }
+        let mut seen = Vec::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            provider.validate(&format!("providers[{i}]"))?;
+            if seen.contains(&&provider.name) {
+                return Err(Problem::new(
+                    format!("providers[{i}].name"),
+                    format!("{:?} is used twice", provider.name),
+                ));
+            }
+            seen.push(&provider.name);
+        }
+        self.primary_name()?;
+        Ok(())
+    }
+
+    /// The socket's permission bits.
+    pub fn socket_mode(&self) -> Result<u32, Problem> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| {
+                Problem::new("socket_mode", "must be octal permission bits like \"0600\"")
+            })
+    }
+
+    /// The name of the provider that encrypts.
+    pub fn primary_name(&self) -> Result<&str, Problem> {
+        match (&self.primary, self.providers.as_slice()) {
+            (Some(name), providers) => providers
+                .iter()
+                .find(|p| &p.name == name)
+                .map(|p| p.name.as_str())
+                .ok_or_else(|| Problem::new("primary", format!("no provider is named {name:?}"))),
+            (None, [only]) => Ok(&only.name),
+            (None, _) => Err(Problem::new(
+                "primary",
+                "must name the encrypting provider when several are configured",
+            )),
+        }
+    }
+}
+
+impl ProviderConfig {
+    fn validate(&self, at: &str) -> Result<(), Problem> {
+        if !is_valid_name(&self.name) {
+            return Err(Problem::new(
+                format!("{at}.name"),
+                "must be 1-63 lowercase letters, digits or '-', starting with a letter or digit",
+            ));
+        }
+        Allowlist::parse(&self.outbound.allowed_hosts)
+            .map_err(|message| Problem::new(format!("{at}.outbound.allowed_hosts"), message))?;
+        if self.outbound.client_cert_file.is_some() != self.outbound.client_key_file.is_some() {
+            return Err(Problem::new(
+                format!("{at}.outbound"),
+                "client_cert_file and client_key_file go together",
+            ));
+        }
+        let limits = &self.limits;
+        for (field, value) in [
+            ("limits.memory_mib", limits.memory_mib),
+            ("limits.cpu_ms", limits.cpu_ms),
+            ("limits.call_timeout_ms", limits.call_timeout_ms),
+            ("outbound.timeout_ms", self.outbound.timeout_ms),
+            (
+                "outbound.max_response_bytes",
+                self.outbound.max_response_bytes,
+            ),
+        ] {
+            if value == 0 {
+                return Err(Problem::new(
+                    format!("{at}.{field}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if limits.memory_mib > 4096 {
+            return Err(Problem::new(
+                format!("{at}.limits.memory_mib"),
+                "at most 4096",
+            ));
+        }
+        if !self.outbound.allowed_hosts.is_empty()
+            && limits.call_timeout_ms <= self.outbound.timeout_ms
+        {
+            return Err(Problem::new(
+                format!("{at}.limits.call_timeout_ms"),
+                "must exceed outbound.timeout_ms, or a slow backend looks like a stuck provider",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings as the provider sees them, with files and environment
+    /// variables read.
+    pub fn resolve_settings(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.settings
+            .iter()
+            .map(|(key, value)| {
+                let text = match value {
+                    SettingValue::Text(text) => text.clone(),
+                    SettingValue::Integer(n) => n.to_string(),
+                    SettingValue::Bool(b) => b.to_string(),
+                    SettingValue::File { file } => read_trimmed(file)
+                        .map_err(|message| self.resolve_error(format!("setting {key}"), message))?,
+                    SettingValue::Env { env } => std::env::var(env).map_err(|_| {
+                        self.resolve_error(
+                            format!("setting {key}"),
+                            format!("environment variable {env} is not set"),
+                        )
+                    })?,
+                };
+                Ok((key.clone(), text))
+            })
+            .collect()
+    }
+
+    /// The secrets the host attaches to outbound requests.
+    pub fn resolve_secrets(&self) -> Result<HashMap<String, Secret>, ConfigError> {
+        self.secrets
+            .iter()
+            .map(|(name, source)| {
+                let value = match source {
+                    SecretSource::File(file) => read_trimmed(file)
+                        .map_err(|message| self.resolve_error(format!("secret {name}"), message))?,
+                    SecretSource::Env(env) => std::env::var(env).map_err(|_| {
+                        self.resolve_error(
+                            format!("secret {name}"),
+                            format!("environment variable {env} is not set"),
+                        )
+                    })?,
+                };
+                Ok((name.clone(), Secret::new(value)))
+            })
+            .collect()
+    }
+
+    fn resolve_error(&self, what: String, message: String) -> ConfigError {
+        ConfigError::Resolve {
+            provider: self.name.clone(),
+            what,
+            message,
+        }
+    }
+}
+
+fn read_trimmed(path: &Path) -> Result<String, String> {
+    // The error names the file, never its contents.
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path:?}: {e}"))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn is_valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    const MINIMAL: &str = r#"
+        socket = "/run/kmsgate.sock"
+        [[providers]]
+        name = "local"
+        component = "local_aes.wasm"
+    "#;
+
+    fn with(extra: &str) -> String {
+        format!("{MINIMAL}\n{extra}")
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.socket_mode().unwrap(), 0o600);
+        assert_eq!(config.primary_name().unwrap(), "local");
+        assert_eq!(config.status_interval_ms, 10_000);
+        let limits = &config.providers[0].limits;
+        assert_eq!(
+            (limits.memory_mib, limits.cpu_ms, limits.call_timeout_ms),
+            (64, 1000, 5000)
+        );
+        assert!(config.providers[0].outbound.allowed_hosts.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::parse(&with("typo = 1")).is_err());
+        assert!(Config::parse(&with("[providers.limits]\nmemory = 1")).is_err());
+    }
+
+    #[test]
+    fn settings_and_secrets_take_literals_files_and_env() {
+        let config = Config::parse(&with(
+            r#"
+            [providers.settings]
+            key-id = "k1"
+            port = 8200
+            tls = true
+            key = { file = "key.b64" }
+            [providers.secrets]
+            token = { env = "VAULT_TOKEN" }
+            "#,
+        ))
+        .unwrap();
+        let provider = &config.providers[0];
+        assert_eq!(provider.settings["port"], SettingValue::Integer(8200));
+        assert_eq!(
+            provider.settings["key"],
+            SettingValue::File {
+                file: "key.b64".into()
+            }
+        );
+        assert_eq!(
+            provider.secrets["token"],
+            SecretSource::Env("VAULT_TOKEN".into())
+        );
+    }
+
+    #[rstest]
+    #[case::bad_socket_mode("socket_mode = \"rw\"", "socket_mode")]
+    #[case::socket_mode_too_big("socket_mode = \"1777\"", "socket_mode")]
+    #[case::tiny_status_interval("status_interval_ms = 5", "status_interval_ms")]
+    #[case::unknown_primary("primary = \"vault\"", "primary")]
+    fn top_level_problems_name_the_field(#[case] line: &str, #[case] field: &str) {
+        let text = format!("{line}\n{MINIMAL}");
+        let problem = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert_eq!(problem.field, field);
+    }
+
+    #[rstest]
+    #[case::uppercase_name("name = \"Local\"", "providers[0].name")]
+    #[case::zero_memory("[providers.limits]\nmemory_mib = 0", "providers[0].limits.memory_mib")]
+    #[case::huge_memory(
+        "[providers.limits]\nmemory_mib = 9000",
+        "providers[0].limits.memory_mib"
+    )]
+    #[case::bad_host(
+        "[providers.outbound]\nallowed_hosts = [\"vault:8200\"]",
+        "providers[0].outbound.allowed_hosts"
+    )]
+    #[case::timeout_order(
+        "[providers.outbound]\nallowed_hosts = [\"http://127.0.0.1:8200\"]\ntimeout_ms = 9000",
+        "providers[0].limits.call_timeout_ms"
+    )]
+    #[case::half_mtls(
+        "[providers.outbound]\nclient_cert_file = \"c.pem\"",
+        "providers[0].outbound"
+    )]
+    fn provider_problems_name_the_field(#[case] extra: &str, #[case] field: &str) {
+        let text = if extra.starts_with("name") {
+            MINIMAL.replace("name = \"local\"", extra)
+        } else {
+            with(extra)
+        };
+        let problem = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert_eq!(problem.field, field, "{problem:?}");
+    }
+
+    #[test]
+    fn two_providers_need_a_primary_and_distinct_names() {
+        let two = with("[[providers]]\nname = \"vault\"\ncomponent = \"v.wasm\"");
+        assert_eq!(
+            Config::parse(&two).unwrap().validate().unwrap_err().field,
+            "primary"
+        );
+        let with_primary = format!("primary = \"vault\"\n{two}");
+        assert_eq!(
+            Config::parse(&with_primary)
+                .unwrap()
+                .primary_name()
+                .unwrap(),
+            "vault"
+        );
+        let twice = with("[[providers]]\nname = \"local\"\ncomponent = \"v.wasm\"");
+        let problem = Config::parse(&format!("primary = \"local\"\n{twice}"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(problem.field, "providers[1].name");
+    }
+
+    #[test]
+    fn load_names_the_file_and_makes_paths_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kmsgate.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.providers[0].component,
+            dir.path().join("local_aes.wasm")
+        );
+        std::fs::write(&path, "socket_mode = \"x\"\n".to_owned() + MINIMAL).unwrap();
+        let message = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            message.contains("kmsgate.toml") && message.contains("socket_mode"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn resolving_reads_files_without_putting_contents_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "s.secret-token\n").unwrap();
+        let text = with(&format!(
+            "[providers.secrets]\ntoken = {{ file = {:?} }}\nmissing = {{ file = \"/nonexistent/x\" }}",
+            dir.path().join("token")
+        ));
+        let mut config = Config::parse(&text).unwrap();
+        let error = config.providers[0]
+            .resolve_secrets()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("secret missing") && !error.contains("s.secret-token"));
+        config.providers[0].secrets.remove("missing");
+        let secrets = config.providers[0].resolve_secrets().unwrap();
+        assert_eq!(secrets["token"].expose(), "s.secret-token");
+    }
+}

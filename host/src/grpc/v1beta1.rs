@@ -1,0 +1,117 @@
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::v2::log_failure;
+use crate::envelope;
+use crate::error::{Action, KmsError, ProviderError};
+use crate::gateway::Gateway;
+use crate::limits::Annotations;
+use crate::proto::v1beta1::key_management_service_server::{
+    KeyManagementService, KeyManagementServiceServer,
+};
+use crate::proto::v1beta1::{
+    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, VersionRequest,
+    VersionResponse,
+};
+use crate::secret::Plaintext;
+
+/// `v1beta1.KeyManagementService` (deprecated in Kubernetes; served for
+/// clusters that still use KMS v1).
+pub struct V1beta1Service {
+    gateway: Arc<Gateway>,
+}
+
+impl V1beta1Service {
+    pub fn server(gateway: Arc<Gateway>) -> KeyManagementServiceServer<V1beta1Service> {
+        KeyManagementServiceServer::new(V1beta1Service { gateway })
+            .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+    }
+}
+
+/// The only API version v1beta1 callers may ask for.
+const API_VERSION: &str = "v1beta1";
+
+fn check_version(version: &str) -> Result<(), Status> {
+    // The apiserver always sends "v1beta1"; an empty string is tolerated for
+    // hand-made clients.
+    if version.is_empty() || version == API_VERSION {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "unsupported KMS API version {version:?}, expected v1beta1"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl KeyManagementService for V1beta1Service {
+    async fn version(
+        &self,
+        request: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        check_version(&request.into_inner().version)?;
+        Ok(Response::new(VersionResponse {
+            version: API_VERSION.into(),
+            runtime_name: "kmsgate".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+
+    async fn encrypt(
+        &self,
+        request: Request<EncryptRequest>,
+    ) -> Result<Response<EncryptResponse>, Status> {
+        let EncryptRequest { version, plain } = request.into_inner();
+        check_version(&version)?;
+        let plaintext = Plaintext::new(plain);
+        let span = tracing::info_span!("encrypt", api = "v1beta1", bytes = plaintext.len());
+        async {
+            let sealed = self.gateway.encrypt("", &plaintext).await.inspect_err(log_failure)?;
+            if !sealed.annotations.is_empty() {
+                let error = KmsError::Provider {
+                    provider: self.gateway.primary().name().to_string(),
+                    action: Action::Encrypt,
+                    error: ProviderError::InvalidConfig(
+                        "the provider returns annotations, which KMS v1beta1 cannot store; use KMS v2".into(),
+                    ),
+                };
+                log_failure(&error);
+                return Err(error.into());
+            }
+            tracing::debug!(key_id = %sealed.key_id, "encrypted");
+            Ok(Response::new(EncryptResponse {
+                cipher: envelope::seal(&sealed.key_id, &sealed.ciphertext),
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn decrypt(
+        &self,
+        request: Request<DecryptRequest>,
+    ) -> Result<Response<DecryptResponse>, Status> {
+        let DecryptRequest { version, cipher } = request.into_inner();
+        check_version(&version)?;
+        let span = tracing::info_span!("decrypt", api = "v1beta1");
+        async {
+            let (key_id, ciphertext) = envelope::open(&cipher)
+                .map_err(KmsError::InvalidRequest)
+                .inspect_err(log_failure)?;
+            tracing::Span::current().record("key_id", key_id);
+            let plaintext = self
+                .gateway
+                .decrypt("", key_id, ciphertext, &Annotations::new())
+                .await
+                .inspect_err(log_failure)?;
+            tracing::debug!(%key_id, "decrypted");
+            Ok(Response::new(DecryptResponse {
+                plain: plaintext.into_vec(),
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+}

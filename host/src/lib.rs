@@ -1,0 +1,42 @@
+//! kmsgate: a Kubernetes KMS plugin that serves the KMS v2 (and v1beta1)
+//! gRPC API on a Unix socket and delegates every key operation to a
+//! provider compiled to a WebAssembly component.
+//!
+//! A call flows: kube-apiserver → [`grpc`] (translate) → [`gateway::Gateway`]
+//! (limits, routing by key id, cached status) → [`kms::KmsProvider`] →
+//! [`wasm::WasmProvider`] (a fresh sandboxed instance per call) → the
+//! provider's own code, which reaches its backend only through
+//! [`outbound`].
+//!
+//! # Layout
+//! - [`config`]: the TOML config file, validated.
+//! - [`server`]: `run(config, socket, shutdown)`, the daemon's main loop.
+//! - [`socket`]: the Unix socket: mode, stale-file recovery, removal.
+//! - [`grpc`]: the v2 and v1beta1 gRPC services.
+//! - [`proto`]: generated gRPC code, with redacting `Debug`.
+//! - [`gateway`]: routing, apiserver limits, status kept fresh in the background.
+//! - [`limits`]: the apiserver's limits on key ids, ciphertexts, annotations.
+//! - [`envelope`]: the v1beta1 ciphertext header that carries the key id.
+//! - [`kms`]: the provider trait and its domain types.
+//! - [`error`]: errors, and their one mapping to gRPC codes.
+//! - [`wasm`]: wasmtime engine, component loading, per-call sandboxing.
+//! - [`outbound`]: providers' outbound HTTP (reqwest) with TLS and caps.
+//! - [`allowlist`]: which hosts a provider may reach.
+//! - [`secret`]: redacting wrappers for plaintext and credentials.
+//! - [`client`]: a client for the socket (CLI and tests).
+
+pub mod allowlist;
+pub mod client;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod gateway;
+pub mod grpc;
+pub mod kms;
+pub mod limits;
+pub mod outbound;
+pub mod proto;
+pub mod secret;
+pub mod server;
+pub mod socket;
+pub mod wasm;

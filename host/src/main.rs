@@ -1,0 +1,314 @@
+//! The `kmsgate` command: parse the CLI, set up logging, then hand over to
+//! the library (`server::run` for `serve`).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Parser, Subcommand, ValueEnum};
+use kmsgate::config::Config;
+use kmsgate::proto::{v1beta1, v2};
+use kmsgate::{client, server, socket, wasm};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser)]
+#[command(
+    name = "kmsgate",
+    version,
+    about = "Kubernetes KMS plugin with WebAssembly providers"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `kmsgate=debug` (RUST_LOG also works).
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Api {
+    V2,
+    V1beta1,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the KMS API on the configured Unix socket.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the config and load every provider (compile, link, init,
+    /// status) without serving.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Ask a running daemon for its status (v2) or version (v1beta1).
+    Status {
+        #[arg(long, short)]
+        socket: PathBuf,
+        #[arg(long, value_enum, default_value_t = Api::V2)]
+        api: Api,
+    },
+    /// Encrypt stdin; print JSON (ciphertext in base64, key id, annotations)
+    /// that `kmsgate decrypt` reads back.
+    Encrypt {
+        #[arg(long, short)]
+        socket: PathBuf,
+        #[arg(long, value_enum, default_value_t = Api::V2)]
+        api: Api,
+    },
+    /// Decrypt the JSON that `kmsgate encrypt` printed (on stdin); write the
+    /// plaintext to stdout.
+    Decrypt {
+        #[arg(long, short)]
+        socket: PathBuf,
+        #[arg(long, value_enum, default_value_t = Api::V2)]
+        api: Api,
+    },
+}
+
+/// What `encrypt` prints and `decrypt` reads.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    /// Base64.
+    ciphertext: String,
+    /// Empty for v1beta1 (the key id is inside the ciphertext).
+    #[serde(default)]
+    key_id: String,
+    /// Values in base64.
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log)?;
+    match cli.command {
+        Command::Serve { config } => serve(config).await,
+        Command::Check { config } => check(config).await,
+        Command::Status { socket, api } => status(socket, api).await,
+        Command::Encrypt { socket, api } => encrypt(socket, api).await,
+        Command::Decrypt { socket, api } => decrypt(socket, api).await,
+    }
+}
+
+fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).context("parsing the log filter")?;
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+    Ok(())
+}
+
+async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config_path)?;
+    let mode = config.socket_mode().expect("validated");
+    let socket = socket::bind(&config.socket, mode).await?;
+    server::run(config, socket, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM (kubelet, systemd) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn check(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config_path)?;
+    let runtime = wasm::Runtime::new().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut failed = false;
+    for provider in &config.providers {
+        match wasm::check(&runtime, provider).await {
+            Ok(status) => println!(
+                "ok    {}: key id {:?}, {}{}",
+                provider.name,
+                status.key_id,
+                if status.healthy {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                },
+                if status.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", status.detail)
+                }
+            ),
+            Err(error) => {
+                failed = true;
+                println!("error {}: {error}", provider.name);
+            }
+        }
+    }
+    if failed {
+        bail!("{config_path:?}: some providers failed to load");
+    }
+    println!(
+        "{config_path:?}: config valid, {} provider(s) loaded",
+        config.providers.len()
+    );
+    Ok(())
+}
+
+async fn status(socket: PathBuf, api: Api) -> anyhow::Result<()> {
+    match api {
+        Api::V2 => {
+            let mut client = client::v2(&socket)
+                .await
+                .with_context(|| format!("connecting to {socket:?}"))?;
+            let status = client.status(v2::StatusRequest {}).await?.into_inner();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "version": status.version, "healthz": status.healthz, "key_id": status.key_id,
+                })
+            );
+            if status.healthz != "ok" {
+                bail!("unhealthy: {}", status.healthz);
+            }
+        }
+        Api::V1beta1 => {
+            let mut client = client::v1beta1(&socket)
+                .await
+                .with_context(|| format!("connecting to {socket:?}"))?;
+            let version = client
+                .version(v1beta1::VersionRequest {
+                    version: "v1beta1".into(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "version": version.version, "runtime_name": version.runtime_name,
+                    "runtime_version": version.runtime_version,
+                })
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn encrypt(socket: PathBuf, api: Api) -> anyhow::Result<()> {
+    let mut plaintext = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut plaintext)
+        .context("reading plaintext from stdin")?;
+    let sealed = match api {
+        Api::V2 => {
+            let mut client = client::v2(&socket)
+                .await
+                .with_context(|| format!("connecting to {socket:?}"))?;
+            let uid = format!("kmsgate-cli-{}", std::process::id());
+            let response = client
+                .encrypt(v2::EncryptRequest { plaintext, uid })
+                .await?
+                .into_inner();
+            Sealed {
+                ciphertext: STANDARD.encode(response.ciphertext),
+                key_id: response.key_id,
+                annotations: response
+                    .annotations
+                    .into_iter()
+                    .map(|(k, v)| (k, STANDARD.encode(v)))
+                    .collect(),
+            }
+        }
+        Api::V1beta1 => {
+            let mut client = client::v1beta1(&socket)
+                .await
+                .with_context(|| format!("connecting to {socket:?}"))?;
+            let request = v1beta1::EncryptRequest {
+                version: "v1beta1".into(),
+                plain: plaintext,
+            };
+            let response = client.encrypt(request).await?.into_inner();
+            Sealed {
+                ciphertext: STANDARD.encode(response.cipher),
+                key_id: String::new(),
+                annotations: BTreeMap::new(),
+            }
+        }
+    };
+    println!("{}", serde_json::to_string(&sealed)?);
+    Ok(())
+}
+
+async fn decrypt(socket: PathBuf, api: Api) -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading JSON from stdin")?;
+    let sealed: Sealed =
+        serde_json::from_str(&input).context("stdin is not the JSON `kmsgate encrypt` prints")?;
+    let ciphertext = STANDARD
+        .decode(&sealed.ciphertext)
+        .context("ciphertext is not base64")?;
+    let plaintext = match api {
+        Api::V2 => {
+            let annotations = sealed
+                .annotations
+                .iter()
+                .map(|(k, v)| {
+                    Ok((
+                        k.clone(),
+                        STANDARD
+                            .decode(v)
+                            .with_context(|| format!("annotation {k} is not base64"))?,
+                    ))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let mut client = client::v2(&socket)
+                .await
+                .with_context(|| format!("connecting to {socket:?}"))?;
+            let uid = format!("kmsgate-cli-{}", std::process::id());
+            let request = v2::DecryptRequest {
+                ciphertext,
+                uid,
+                key_id: sealed.key_id,
+                annotations,
+            };
+            client.decrypt(request).await?.into_inner().plaintext
+        }
+        Api::V1beta1 => {
+            let mut client = client::v1beta1(&socket)
+                .await
+                .with_context(|| format!("connecting to {socket:?}"))?;
+            let request = v1beta1::DecryptRequest {
+                version: "v1beta1".into(),
+                cipher: ciphertext,
+            };
+            client.decrypt(request).await?.into_inner().plain
+        }
+    };
+    std::io::stdout().write_all(&plaintext)?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The one `bindgen!` of the host, and the conversions between its
+//! generated types and the domain types. Generated types stop here.
+
+use crate::error::ProviderError;
+use crate::kms::{Encrypted, ProviderStatus};
+use crate::limits::Annotations;
+use crate::outbound::{Method, OutboundError, OutboundRequest, OutboundResponse};
+
+wasmtime::component::bindgen!({
+    world: "provider",
+    path: "../wit",
+    imports: {
+        // Outbound HTTP awaits the network; everything else answers at once.
+        "kmsgate:provider/outbound-http.send": async,
+        default: trappable,
+    },
+    exports: { default: async },
+});
+
+pub use exports::kmsgate::provider::kms;
+pub use kmsgate::provider::outbound_http as http;
+pub use kmsgate::provider::types::{Annotation, KmsError};
+
+impl From<KmsError> for ProviderError {
+    fn from(error: KmsError) -> Self {
+        match error {
+            KmsError::InvalidArgument(m) => ProviderError::InvalidArgument(m),
+            KmsError::InvalidCiphertext(m) => ProviderError::InvalidCiphertext(m),
+            KmsError::UnknownKey(m) => ProviderError::UnknownKey(m),
+            KmsError::PermissionDenied(m) => ProviderError::PermissionDenied(m),
+            KmsError::Unavailable(m) => ProviderError::Unavailable(m),
+            KmsError::InvalidConfig(m) => ProviderError::InvalidConfig(m),
+            KmsError::Internal(m) => ProviderError::Internal(m),
+        }
+    }
+}
+
+impl From<kms::StatusInfo> for ProviderStatus {
+    fn from(info: kms::StatusInfo) -> Self {
+        ProviderStatus {
+            key_id: info.key_id,
+            healthy: info.healthy,
+            detail: info.detail,
+        }
+    }
+}
+
+impl TryFrom<kms::Encrypted> for Encrypted {
+    type Error = ProviderError;
+
+    fn try_from(encrypted: kms::Encrypted) -> Result<Self, ProviderError> {
+        Ok(Encrypted {
+            ciphertext: encrypted.ciphertext,
+            key_id: encrypted.key_id,
+            annotations: annotations_from_wit(encrypted.annotations)?,
+        })
+    }
+}
+
+/// Duplicate keys are a contract breach: a map cannot carry them to the
+/// apiserver.
+fn annotations_from_wit(list: Vec<Annotation>) -> Result<Annotations, ProviderError> {
+    let mut map = Annotations::new();
+    for Annotation { key, value } in list {
+        if map.contains_key(&key) {
+            return Err(ProviderError::Contract(format!(
+                "annotation {key:?} appears twice"
+            )));
+        }
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
+pub fn annotations_to_wit(map: &Annotations) -> Vec<Annotation> {
+    map.iter()
+        .map(|(key, value)| Annotation {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+impl From<http::Request> for OutboundRequest {
+    fn from(request: http::Request) -> Self {
+        OutboundRequest {
+            method: match request.method {
+                http::Method::Get => Method::Get,
+                http::Method::Post => Method::Post,
+                http::Method::Put => Method::Put,
+                http::Method::Delete => Method::Delete,
+            },
+            url: request.url,
+            headers: request.headers,
+            secret_headers: request.secret_headers,
+            body: request.body,
+        }
+    }
+}
+
+impl From<OutboundResponse> for http::Response {
+    fn from(response: OutboundResponse) -> Self {
+        http::Response {
+            status: response.status,
+            headers: response.headers,
+            body: response.body,
+        }
+    }
+}
+
+impl From<OutboundError> for http::HttpError {
+    fn from(error: OutboundError) -> Self {
+        match error {
+            OutboundError::Denied(m) => http::HttpError::Denied(m),
+            OutboundError::UnknownSecret(m) => http::HttpError::UnknownSecret(m),
+            OutboundError::InvalidRequest(m) => http::HttpError::InvalidRequest(m),
+            OutboundError::Timeout => http::HttpError::Timeout,
+            OutboundError::ConnectionFailed(m) => http::HttpError::ConnectionFailed(m),
+            OutboundError::ResponseTooLarge(cap) => http::HttpError::ResponseTooLarge(cap),
+        }
+    }
+}

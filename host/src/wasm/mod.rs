@@ -1,0 +1,322 @@
+//! Providers as wasmtime components.
+//!
+//! Invariants of this module:
+//! - One [`Runtime`] (one `Engine`, one `Linker`) per daemon. A thread ticks
+//!   the engine's epoch every [`TICK`] for as long as the engine lives.
+//! - A component is compiled once, when it loads, and pre-linked into a
+//!   `ProviderPre`; calls never compile or link.
+//! - Instance model: **a fresh store and instance for every call.** Nothing
+//!   a call does (state, a trap, a half-grown memory) can reach another
+//!   call, and parallel calls never queue on one instance. The pooling
+//!   allocator keeps instantiation cheap (`kmsgate bench` measures it).
+//! - Every call is bounded three ways: a memory cap for the whole instance
+//!   ([`host::SandboxLimiter`]), a CPU budget for guest code (epoch
+//!   interruption; time in host calls does not count), and a wall-clock
+//!   timeout around everything (epochs do not interrupt host calls).
+//! - Traps and limit hits become [`ProviderError`]s here and nowhere else.
+
+mod bindings;
+mod host;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
+
+use self::bindings::{Provider, ProviderPre, annotations_to_wit};
+use self::host::{HostState, ProviderShared};
+use crate::config::ProviderConfig;
+use crate::error::ProviderError;
+use crate::kms::{Encrypted, KmsProvider, ProviderStatus};
+use crate::limits::Annotations;
+use crate::outbound::{OutboundClient, OutboundSettings};
+use crate::secret::Plaintext;
+
+/// How often the epoch advances; the granularity of CPU budgets.
+const TICK: Duration = Duration::from_millis(10);
+/// Instances that may be alive at once across all providers (the pool size).
+const MAX_LIVE_INSTANCES: u32 = 256;
+/// The largest memory a single instance may have; per-provider caps are
+/// enforced below this by the limiter.
+const MAX_MEMORY_BYTES: usize = 4096 << 20;
+
+/// The engine and linker every provider shares.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl Runtime {
+    pub fn new() -> wasmtime::Result<Runtime> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_LIVE_INSTANCES);
+        pool.total_core_instances(MAX_LIVE_INSTANCES * 4);
+        pool.total_memories(MAX_LIVE_INSTANCES * 2);
+        pool.total_tables(MAX_LIVE_INSTANCES * 4);
+        pool.max_memory_size(MAX_MEMORY_BYTES);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Provider::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("kmsgate-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(wasmtime::Error::new)?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+}
+
+/// Why a provider could not be loaded.
+#[derive(Debug, Error)]
+#[error("loading provider {provider} from {path:?}: {reason}")]
+pub struct LoadError {
+    pub provider: String,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// A loaded provider component, ready to serve calls.
+pub struct WasmProvider {
+    name: String,
+    pre: ProviderPre<HostState>,
+    shared: Arc<ProviderShared>,
+    memory_cap: usize,
+    cpu_budget: Duration,
+    call_timeout: Duration,
+    sha256: String,
+}
+
+impl WasmProvider {
+    /// Reads, compiles and links the component, resolves its settings and
+    /// secrets, and runs its `init`. A backend that is merely unavailable
+    /// does not stop the load (it may come up later); anything else does.
+    pub async fn load(
+        runtime: &Runtime,
+        config: &ProviderConfig,
+    ) -> Result<WasmProvider, LoadError> {
+        let fail = |reason: String| LoadError {
+            provider: config.name.clone(),
+            path: config.component.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&config.component).map_err(|e| fail(format!("reading: {e}")))?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let component = compile(&runtime.engine, bytes).await.map_err(fail)?;
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .and_then(ProviderPre::new)
+            .map_err(|e| fail(format!("does not fit the kmsgate:provider world: {e}")))?;
+
+        let settings = config.resolve_settings().map_err(|e| fail(e.to_string()))?;
+        let secrets = config.resolve_secrets().map_err(|e| fail(e.to_string()))?;
+        let outbound = OutboundSettings::from_config(&config.outbound, secrets)
+            .and_then(OutboundClient::new)
+            .map_err(fail)?;
+        let limits = &config.limits;
+        let provider = WasmProvider {
+            name: config.name.clone(),
+            pre,
+            shared: Arc::new(ProviderShared {
+                name: config.name.clone(),
+                settings,
+                outbound,
+            }),
+            memory_cap: (limits.memory_mib << 20) as usize,
+            cpu_budget: Duration::from_millis(limits.cpu_ms),
+            call_timeout: Duration::from_millis(limits.call_timeout_ms),
+            sha256,
+        };
+        match provider.init().await {
+            Ok(()) => {}
+            Err(ProviderError::Unavailable(why)) => {
+                tracing::warn!(provider = %provider.name, "backend unavailable at load: {why}");
+            }
+            Err(error) => return Err(fail(format!("init failed: {error}"))),
+        }
+        Ok(provider)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The hex SHA-256 of the component file that is serving.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    async fn init(&self) -> Result<(), ProviderError> {
+        self.bounded(async {
+            let (mut store, provider) = self.instantiate().await?;
+            let result = provider.kmsgate_provider_kms().call_init(&mut store).await;
+            self.finish(&store, result)
+        })
+        .await
+    }
+
+    /// A fresh store, limited and with its CPU budget armed, and an instance
+    /// in it.
+    async fn instantiate(&self) -> Result<(Store<HostState>, Provider), ProviderError> {
+        let state = HostState::new(self.shared.clone(), self.memory_cap);
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        let budget = self.cpu_budget;
+        let started = Instant::now();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |context| {
+            let guest_time = started.elapsed().saturating_sub(context.data().host_time);
+            if guest_time > budget {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Let other tasks run on this thread, then keep going.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        match self.pre.instantiate_async(&mut store).await {
+            Ok(provider) => Ok((store, provider)),
+            Err(error) => Err(self.classify(&store, error)),
+        }
+    }
+
+    /// Flattens a call's two channels (trap or `kms-error`) into one.
+    fn finish<T, U>(
+        &self,
+        store: &Store<HostState>,
+        result: wasmtime::Result<Result<T, bindings::KmsError>>,
+    ) -> Result<U, ProviderError>
+    where
+        U: TryFrom<T>,
+        ProviderError: From<U::Error>,
+    {
+        match result {
+            Ok(Ok(value)) => Ok(U::try_from(value)?),
+            Ok(Err(error)) => Err(error.into()),
+            Err(trap) => Err(self.classify(store, trap)),
+        }
+    }
+
+    fn classify(&self, store: &Store<HostState>, error: wasmtime::Error) -> ProviderError {
+        if store.data().limiter.hit_memory_cap {
+            return ProviderError::MemoryExhausted((self.memory_cap >> 20) as u64);
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                ProviderError::DeadlineExceeded(self.cpu_budget.as_millis() as u64)
+            }
+            Some(trap) => ProviderError::Trapped(trap.to_string()),
+            None => ProviderError::Trapped(error.to_string()),
+        }
+    }
+
+    /// The wall-clock bound. Dropping a wasmtime future mid-call is safe;
+    /// the store goes with it.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .unwrap_or(Err(ProviderError::DeadlineExceeded(
+                self.call_timeout.as_millis() as u64,
+            )))
+    }
+}
+
+/// Compiling is CPU-heavy (hundreds of ms): keep it off the async workers.
+async fn compile(engine: &Engine, bytes: Vec<u8>) -> Result<Component, String> {
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+        .await
+        .map_err(|e| format!("compiling: {e}"))?
+        .map_err(|e| format!("not a valid component: {e}"))
+}
+
+#[async_trait]
+impl KmsProvider for WasmProvider {
+    async fn status(&self) -> Result<ProviderStatus, ProviderError> {
+        self.bounded(async {
+            let (mut store, provider) = self.instantiate().await?;
+            let result = provider
+                .kmsgate_provider_kms()
+                .call_status(&mut store)
+                .await;
+            self.finish(&store, result)
+        })
+        .await
+    }
+
+    async fn encrypt(
+        &self,
+        uid: &str,
+        key_id: &str,
+        plaintext: &Plaintext,
+    ) -> Result<Encrypted, ProviderError> {
+        self.bounded(async {
+            let (mut store, provider) = self.instantiate().await?;
+            let result = provider
+                .kmsgate_provider_kms()
+                .call_encrypt(&mut store, uid, key_id, plaintext.as_bytes())
+                .await;
+            self.finish(&store, result)
+        })
+        .await
+    }
+
+    async fn decrypt(
+        &self,
+        uid: &str,
+        key_id: &str,
+        ciphertext: &[u8],
+        annotations: &Annotations,
+    ) -> Result<Plaintext, ProviderError> {
+        self.bounded(async {
+            let (mut store, provider) = self.instantiate().await?;
+            let annotations = annotations_to_wit(annotations);
+            let result = provider
+                .kmsgate_provider_kms()
+                .call_decrypt(&mut store, uid, key_id, ciphertext, &annotations)
+                .await;
+            let plaintext: Vec<u8> = self.finish(&store, result)?;
+            Ok(Plaintext::new(plaintext))
+        })
+        .await
+    }
+}
+
+/// Loads a provider and runs its checks without serving: `kmsgate check`.
+pub async fn check(
+    runtime: &Runtime,
+    config: &ProviderConfig,
+) -> Result<ProviderStatus, LoadError> {
+    let provider = WasmProvider::load(runtime, config).await?;
+    provider.status().await.map_err(|e| LoadError {
+        provider: config.name.clone(),
+        path: config.component.clone(),
+        reason: format!("status failed: {e}"),
+    })
+}

@@ -1,0 +1,352 @@
+//! The Transit HTTP API as plain data: requests, response parsing and error
+//! classification; settings and key ids live in [`settings`]. Nothing here
+//! touches the component bindings, so all of it is tested natively
+//! (`cargo test -p vault-transit`).
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+
+mod settings;
+
+pub use settings::Settings;
+use settings::parse_version;
+
+/// The header the host fills with the secret named [`TOKEN_SECRET`].
+pub const TOKEN_HEADER: &str = "x-vault-token";
+/// The name of the provider secret that holds the Vault token (host side).
+pub const TOKEN_SECRET: &str = "token";
+const NAMESPACE_HEADER: &str = "x-vault-namespace";
+/// Vault error strings are passed on, cut to this many characters.
+const MAX_MESSAGE: usize = 200;
+/// Every Transit ciphertext starts with this, then the key version and `:`.
+/// OpenBao kept the prefix for compatibility.
+const CIPHERTEXT_PREFIX: &str = "vault:v";
+
+/// Why an operation failed; `lib.rs` maps each case to the `kms-error` case
+/// of the same name. Messages never hold plaintext, tokens or ciphertexts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    InvalidArgument(String),
+    InvalidConfig(String),
+    InvalidCiphertext(String),
+    UnknownKey(String),
+    PermissionDenied(String),
+    Unavailable(String),
+    Internal(String),
+}
+
+/// The Transit call being made, for error messages and classification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    ReadKey,
+    Encrypt,
+    Decrypt,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::ReadKey => "reading",
+            Action::Encrypt => "encrypting with",
+            Action::Decrypt => "decrypting with",
+        })
+    }
+}
+
+/// The key as `GET {mount}/keys/{key}` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct KeyInfo {
+    pub latest_version: u32,
+    #[serde(default)]
+    pub min_decryption_version: u32,
+    #[serde(default)]
+    pub min_encryption_version: u32,
+    #[serde(rename = "type", default)]
+    pub key_type: String,
+    /// Absent in old Vault versions; `false` for signing-only key types.
+    #[serde(default)]
+    pub supports_encryption: Option<bool>,
+}
+
+/// The HTTP methods this provider uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// An HTTP request for the host's `outbound-http.send`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// (header, secret name) pairs the host resolves; always the token.
+    pub secret_headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The body may hold a base64 plaintext, so `Debug` shows only its length.
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &self.headers)
+            .field("secret_headers", &self.secret_headers)
+            .field("body", &format_args!("<{} bytes>", self.body.len()))
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct EncryptBody<'a> {
+    plaintext: &'a str,
+    key_version: u32,
+}
+
+#[derive(Serialize)]
+struct DecryptBody<'a> {
+    ciphertext: &'a str,
+}
+
+/// Vault wraps every answer in `{"data": ...}`.
+#[derive(Deserialize)]
+struct Envelope<T> {
+    data: T,
+}
+
+#[derive(Deserialize)]
+struct EncryptData {
+    ciphertext: String,
+    #[serde(default)]
+    key_version: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct DecryptData {
+    plaintext: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+impl Settings {
+    /// `GET {address}/v1/{mount}/keys/{key}`.
+    pub fn read_key_request(&self) -> Request {
+        self.request(Method::Get, "keys", Vec::new())
+    }
+
+    /// `POST .../encrypt/{key}` with an explicit `key_version`, returning the
+    /// request and that version.
+    pub fn encrypt_request(&self, key_id: &str, plaintext: &[u8]) -> Result<(Request, u32), Error> {
+        if plaintext.is_empty() {
+            return Err(Error::InvalidArgument("plaintext is empty".into()));
+        }
+        let key_version = self.key_version(key_id)?;
+        let encoded = STANDARD.encode(plaintext);
+        let body = EncryptBody {
+            plaintext: &encoded,
+            key_version,
+        };
+        Ok((
+            self.request(Method::Post, "encrypt", to_json(&body)),
+            key_version,
+        ))
+    }
+
+    /// `POST .../decrypt/{key}`, after checking that the ciphertext is a
+    /// Transit ciphertext of the version `key_id` names; anything else never
+    /// reaches Vault.
+    pub fn decrypt_request(&self, key_id: &str, ciphertext: &[u8]) -> Result<Request, Error> {
+        let key_version = self.key_version(key_id)?;
+        let (text, version) = split_ciphertext(ciphertext).map_err(Error::InvalidCiphertext)?;
+        if version != key_version {
+            return Err(Error::InvalidCiphertext(format!(
+                "ciphertext is for key version {version}, key id says {key_version}"
+            )));
+        }
+        let body = DecryptBody { ciphertext: text };
+        Ok(self.request(Method::Post, "decrypt", to_json(&body)))
+    }
+
+    fn request(&self, method: Method, endpoint: &str, body: Vec<u8>) -> Request {
+        let mut headers = Vec::new();
+        if let Some(ns) = &self.namespace {
+            headers.push((NAMESPACE_HEADER.to_string(), ns.clone()));
+        }
+        if method == Method::Post {
+            headers.push(("content-type".to_string(), "application/json".to_string()));
+        }
+        Request {
+            method,
+            url: format!("{}/v1/{}/{endpoint}/{}", self.address, self.mount, self.key),
+            headers,
+            secret_headers: vec![(TOKEN_HEADER.to_string(), TOKEN_SECRET.to_string())],
+            body,
+        }
+    }
+
+    /// Passes a 2xx body through; turns anything else into an [`Error`].
+    pub fn check(&self, action: Action, status: u16, body: Vec<u8>) -> Result<Vec<u8>, Error> {
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(self.classify(action, status, &body))
+        }
+    }
+
+    /// Classifies a failed answer by status code and Vault's `errors`.
+    pub fn classify(&self, action: Action, status: u16, body: &[u8]) -> Error {
+        let message = vault_message(body);
+        let lower = message.as_deref().unwrap_or_default().to_ascii_lowercase();
+        let has = |needle: &str| lower.contains(needle);
+        let detail = match &message {
+            Some(m) => format!(
+                "{action} transit key {}: Vault answered HTTP {status}: {m}",
+                self.key
+            ),
+            None => format!(
+                "{action} transit key {}: Vault answered HTTP {status}",
+                self.key
+            ),
+        };
+
+        if status == 429 || status >= 500 || has("sealed") {
+            Error::Unavailable(detail)
+        } else if matches!(status, 401 | 403)
+            || has("permission denied")
+            || has("missing client token")
+        {
+            Error::PermissionDenied(detail)
+        } else if has("no handler for route") || has("unsupported path") {
+            Error::InvalidConfig(format!("{detail} (is setting `mount` a Transit mount?)"))
+        } else if (status == 404 && action == Action::ReadKey) || has("encryption key not found") {
+            Error::UnknownKey(format!(
+                "{detail} (kmsgate never creates keys: `vault write -f {}/keys/{}`)",
+                self.mount, self.key
+            ))
+        } else if has("requested version for encryption") {
+            // The key id's version is past the latest or below the minimum
+            // encryption version: the host must take a new key id from status.
+            Error::UnknownKey(detail)
+        } else if status == 400
+            && (has("invalid ciphertext")
+                || has("message authentication failed")
+                || has("disallowed by policy"))
+        {
+            Error::InvalidCiphertext(detail)
+        } else {
+            Error::Internal(detail)
+        }
+    }
+
+    /// Parses the key read, refusing keys that cannot encrypt.
+    pub fn parse_key(&self, body: &[u8]) -> Result<KeyInfo, Error> {
+        let info: KeyInfo = parse_data(Action::ReadKey, body)?;
+        if info.latest_version == 0 {
+            return Err(Error::Internal(format!(
+                "transit key {} reports latest version 0",
+                self.key
+            )));
+        }
+        if info.supports_encryption == Some(false) {
+            return Err(Error::InvalidConfig(format!(
+                "transit key {} has type {:?}, which cannot encrypt",
+                self.key, info.key_type
+            )));
+        }
+        Ok(info)
+    }
+
+    /// Parses an encrypt answer, which must be for `version` exactly.
+    pub fn parse_encrypt(&self, version: u32, body: &[u8]) -> Result<String, Error> {
+        let data: EncryptData = parse_data(Action::Encrypt, body)?;
+        let mismatch = |got: String| {
+            Error::Internal(format!(
+                "Vault encrypted with transit key {} version {got}, not the requested {version}",
+                self.key
+            ))
+        };
+        if let Some(got) = data.key_version.filter(|&v| v != version) {
+            return Err(mismatch(got.to_string()));
+        }
+        match split_ciphertext(data.ciphertext.as_bytes()) {
+            Ok((_, got)) if got == version => Ok(data.ciphertext),
+            Ok((_, got)) => Err(mismatch(got.to_string())),
+            Err(reason) => Err(Error::Internal(format!("Vault's encrypt answer: {reason}"))),
+        }
+    }
+
+    /// Parses a decrypt answer into the plaintext bytes.
+    pub fn parse_decrypt(&self, body: &[u8]) -> Result<Vec<u8>, Error> {
+        let data: DecryptData = parse_data(Action::Decrypt, body)?;
+        STANDARD.decode(data.plaintext.as_bytes()).map_err(|_| {
+            Error::Internal("Vault's decrypt answer holds a plaintext that is not base64".into())
+        })
+    }
+}
+
+/// Parses `{"data": T}`. The serde message is left out on purpose: it can
+/// quote the offending value, which may be a plaintext.
+fn parse_data<T: for<'de> Deserialize<'de>>(action: Action, body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice::<Envelope<T>>(body)
+        .map(|envelope| envelope.data)
+        .map_err(|e| {
+            Error::Internal(format!(
+                "unexpected answer from Vault {action} the transit key ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })
+}
+
+fn to_json(body: &impl Serialize) -> Vec<u8> {
+    // Serialising a struct of strings and integers cannot fail.
+    serde_json::to_vec(body).expect("JSON body")
+}
+
+/// The joined `errors` of a Vault error body, if it has any.
+fn vault_message(body: &[u8]) -> Option<String> {
+    let parsed: ErrorBody = serde_json::from_slice(body).ok()?;
+    let joined = parsed.errors.join("; ");
+    (!joined.trim().is_empty()).then(|| truncate(joined.trim()))
+}
+
+/// Splits a Transit ciphertext into its text and key version, checking its
+/// shape: `vault:v{N}:{base64}`. Errors say why, never quoting the input.
+fn split_ciphertext(ciphertext: &[u8]) -> Result<(&str, u32), String> {
+    let text =
+        std::str::from_utf8(ciphertext).map_err(|_| "ciphertext is not UTF-8".to_string())?;
+    let rest = text
+        .strip_prefix(CIPHERTEXT_PREFIX)
+        .ok_or_else(|| format!("ciphertext does not start with `{CIPHERTEXT_PREFIX}`"))?;
+    let (version, payload) = rest
+        .split_once(':')
+        .ok_or_else(|| "ciphertext has no `:` after its version".to_string())?;
+    let version = parse_version(version)
+        .ok_or_else(|| "ciphertext has an invalid key version".to_string())?;
+    let is_base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
+    if payload.is_empty() || !payload.chars().all(is_base64) {
+        return Err("ciphertext body is not base64".to_string());
+    }
+    Ok((text, version))
+}
+
+/// Cuts `s` to [`MAX_MESSAGE`] characters, marking the cut.
+fn truncate(s: &str) -> String {
+    match s.char_indices().nth(MAX_MESSAGE) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
