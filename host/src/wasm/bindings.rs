@@ -17,9 +17,9 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::kmsgate::provider::kms;
-pub use kmsgate::provider::outbound_http as http;
-pub use kmsgate::provider::types::{Annotation, KmsError};
+pub use self::exports::kmsgate::provider::kms;
+pub use self::kmsgate::provider::outbound_http as http;
+pub use self::kmsgate::provider::types::{Annotation, KmsError};
 
 impl From<KmsError> for ProviderError {
     fn from(error: KmsError) -> Self {

@@ -1,1 +1,75 @@
+//! The integration-test harness: the real daemon (`kmsgate::server::run`,
+//! or the `kmsgate` binary when logs must be captured) on a throwaway Unix
+//! socket, real provider components, and a real OpenBao server.
+//!
+//! # Layout
+//! - [`gateway`]: `TestGateway::new().with_provider(..).start()`.
+//! - [`openbao`]: starts `bao server` (dev or persistent) on a free port.
+//! - [`component`]: where the built `.wasm` components are.
 
+pub mod gateway;
+pub mod openbao;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use gateway::{ProviderSpec, RunningGateway, TestGateway};
+pub use openbao::OpenBao;
+
+/// The hint every "something is not built or installed" failure carries.
+pub const SETUP_HINT: &str =
+    "run scripts/test: it installs the tools and builds the daemon and providers";
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The path of a built component, e.g. `component("local_aes")`. Fails (never
+/// skips) when it has not been built.
+pub fn component(name: &str) -> PathBuf {
+    let path = workspace_root().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+    assert!(path.exists(), "component {path:?} is missing: {SETUP_HINT}");
+    path
+}
+
+/// The `kmsgate` binary, for tests that run the daemon as a process.
+pub fn daemon_binary() -> PathBuf {
+    let path = workspace_root().join("target/release/kmsgate");
+    assert!(
+        path.exists(),
+        "daemon binary {path:?} is missing: {SETUP_HINT}"
+    );
+    path
+}
+
+/// Waits until `check` holds, polling every 20 ms, for at most `limit`.
+/// Returns how long it took. For conditions that change in the background
+/// (a status refresh, a server coming up); panics with `what` on timeout.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback TCP port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("binding a loopback port")
+}

