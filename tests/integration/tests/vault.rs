@@ -1,0 +1,185 @@
+//! Vault Transit end to end: the `vault-transit` component against a real
+//! OpenBao server started by the test.
+
+use std::time::{Duration, Instant};
+
+use kmsgate::proto::{v1beta1, v2};
+use kmsgate_integration::{OpenBao, ProviderSpec, TestGateway, wait_until};
+use tonic::Code;
+
+/// The status refresh interval these tests run with.
+const STATUS_INTERVAL_MS: i64 = 300;
+
+fn encrypt_request(plaintext: &[u8]) -> v2::EncryptRequest {
+    v2::EncryptRequest { plaintext: plaintext.to_vec(), uid: "uid-vault".into() }
+}
+
+fn decrypt_request(sealed: &v2::EncryptResponse) -> v2::DecryptRequest {
+    v2::DecryptRequest {
+        ciphertext: sealed.ciphertext.clone(),
+        uid: "uid-vault".into(),
+        key_id: sealed.key_id.clone(),
+        annotations: sealed.annotations.clone(),
+    }
+}
+
+async fn key_id(client: &mut kmsgate::client::V2Client) -> String {
+    client.status(v2::StatusRequest {}).await.unwrap().into_inner().key_id
+}
+
+#[tokio::test]
+async fn round_trip_rotation_and_old_ciphertexts() {
+    let bao = OpenBao::dev().await;
+    let gateway = TestGateway::new()
+        .with_provider(ProviderSpec::vault("vault", &bao, "kube"))
+        .status_interval_ms(STATUS_INTERVAL_MS)
+        .start()
+        .await;
+    let mut client = gateway.v2().await;
+
+    let status = client.status(v2::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!((status.healthz.as_str(), status.key_id.as_str()), ("ok", "vault/kube:v1"));
+    let old = client.encrypt(encrypt_request(b"dek-before-rotation")).await.unwrap().into_inner();
+    assert_eq!(old.key_id, "vault/kube:v1");
+    assert!(old.ciphertext.starts_with(b"vault:v1:"));
+    let plaintext = client.decrypt(decrypt_request(&old)).await.unwrap().into_inner().plaintext;
+    assert_eq!(plaintext, b"dek-before-rotation");
+
+    // Rotate in Vault: the new key id shows within the refresh interval.
+    bao.rotate("kube").await;
+    let took = wait_until("the rotated key id", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move { key_id(&mut client).await == "vault/kube:v2" }
+    })
+    .await;
+    assert!(took < Duration::from_millis(STATUS_INTERVAL_MS as u64 * 3), "rotation seen after {took:?}");
+    let new = client.encrypt(encrypt_request(b"dek-after-rotation")).await.unwrap().into_inner();
+    assert_eq!(new.key_id, "vault/kube:v2");
+    assert!(new.ciphertext.starts_with(b"vault:v2:"));
+
+    // Old and new ciphertexts both decrypt.
+    for (sealed, expected) in [(&old, &b"dek-before-rotation"[..]), (&new, &b"dek-after-rotation"[..])] {
+        let plaintext = client.decrypt(decrypt_request(sealed)).await.unwrap().into_inner().plaintext;
+        assert_eq!(plaintext, expected);
+    }
+
+    // v1beta1 through the same provider.
+    let mut v1 = gateway.v1beta1().await;
+    let request = v1beta1::EncryptRequest { version: "v1beta1".into(), plain: b"v1-dek".to_vec() };
+    let cipher = v1.encrypt(request).await.unwrap().into_inner().cipher;
+    let request = v1beta1::DecryptRequest { version: "v1beta1".into(), cipher };
+    assert_eq!(v1.decrypt(request).await.unwrap().into_inner().plain, b"v1-dek");
+}
+
+#[tokio::test]
+async fn bad_input_against_vault() {
+    let bao = OpenBao::dev().await;
+    let gateway = TestGateway::new().with_provider(ProviderSpec::vault("vault", &bao, "kube")).start().await;
+    let mut client = gateway.v2().await;
+    let sealed = client.encrypt(encrypt_request(b"dek")).await.unwrap().into_inner();
+
+    let mut tampered = decrypt_request(&sealed);
+    let last = tampered.ciphertext.len() - 2;
+    tampered.ciphertext[last] = if tampered.ciphertext[last] == b'A' { b'B' } else { b'A' };
+    let mut garbage = decrypt_request(&sealed);
+    garbage.ciphertext = b"not-a-vault-ciphertext".to_vec();
+    let mut wrong_version = decrypt_request(&sealed);
+    wrong_version.key_id = "vault/kube:v7".into();
+    let mut unknown_key = decrypt_request(&sealed);
+    unknown_key.key_id = "vault/other:v1".into();
+    let cases = [
+        ("tampered", tampered, Code::InvalidArgument),
+        ("garbage", garbage, Code::InvalidArgument),
+        ("key id version differs from the ciphertext's", wrong_version, Code::InvalidArgument),
+        ("unknown key", unknown_key, Code::NotFound),
+    ];
+    for (what, request, code) in cases {
+        let started = Instant::now();
+        let status = client.decrypt(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{what}: {}", status.message());
+        assert!(started.elapsed() < Duration::from_secs(2), "{what} took {:?}", started.elapsed());
+    }
+    let empty = client.encrypt(encrypt_request(b"")).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn outage_shows_unhealthy_and_unavailable_then_recovers() {
+    let mut bao = OpenBao::persistent().await;
+    // Documented bound: unhealthy within status_interval_ms + call_timeout_ms.
+    let call_timeout_ms = 2_000;
+    let bound = Duration::from_millis(STATUS_INTERVAL_MS as u64 + call_timeout_ms);
+    let gateway = TestGateway::new()
+        .with_provider(
+            ProviderSpec::vault("vault", &bao, "kube")
+                .outbound_timeout_ms(1_000)
+                .limit("call_timeout_ms", call_timeout_ms as i64),
+        )
+        .status_interval_ms(STATUS_INTERVAL_MS)
+        .start()
+        .await;
+    let mut client = gateway.v2().await;
+    let before = client.encrypt(encrypt_request(b"dek-before-outage")).await.unwrap().into_inner();
+
+    bao.stop();
+    let took = wait_until("Status to turn unhealthy", bound, || {
+        let mut client = client.clone();
+        async move { client.status(v2::StatusRequest {}).await.unwrap().into_inner().healthz != "ok" }
+    })
+    .await;
+    println!("unhealthy after {took:?} (bound {bound:?})");
+    let status = client.status(v2::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.key_id, "vault/kube:v1", "the key id survives the outage");
+    assert!(status.healthz.contains("unavailable"), "{}", status.healthz);
+
+    let started = Instant::now();
+    let error = client.encrypt(encrypt_request(b"dek")).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{}", error.message());
+    assert!(started.elapsed() < bound, "UNAVAILABLE took {:?}", started.elapsed());
+    let error = client.decrypt(decrypt_request(&before)).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{}", error.message());
+
+    bao.start_again().await;
+    let took = wait_until("Status to recover", bound * 2, || {
+        let mut client = client.clone();
+        async move { client.status(v2::StatusRequest {}).await.unwrap().into_inner().healthz == "ok" }
+    })
+    .await;
+    println!("healthy again {took:?} after OpenBao was unsealed");
+    let plaintext = client.decrypt(decrypt_request(&before)).await.unwrap().into_inner().plaintext;
+    assert_eq!(plaintext, b"dek-before-outage");
+    client.encrypt(encrypt_request(b"dek-after-outage")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_key_refuses_the_load_and_is_not_created() {
+    let bao = OpenBao::dev().await;
+    let gateway = TestGateway::new().with_provider(ProviderSpec::vault("vault", &bao, "missing")).start().await;
+    let error = gateway.exit().await.unwrap_err().to_string();
+    assert!(error.contains("unknown key"), "{error}");
+    assert_eq!(bao.get_status("transit/keys/missing").await, 404, "the key must not be upserted");
+}
+
+#[tokio::test]
+async fn a_host_outside_the_allowlist_is_denied() {
+    let bao = OpenBao::dev().await;
+    let spec = ProviderSpec::new("vault", "vault_transit")
+        .setting("address", &bao.address)
+        .setting("key", "kube")
+        .secret("token", &bao.token)
+        .allow("http://127.0.0.1:1");
+    let error = TestGateway::new().with_provider(spec).start().await.exit().await.unwrap_err().to_string();
+    assert!(error.contains("allowed_hosts"), "{error}");
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_permission_denied_not_unavailable() {
+    let bao = OpenBao::dev().await;
+    let spec = ProviderSpec::new("vault", "vault_transit")
+        .setting("address", &bao.address)
+        .setting("key", "kube")
+        .secret("token", "not-the-token")
+        .allow(&bao.address);
+    let error = TestGateway::new().with_provider(spec).start().await.exit().await.unwrap_err().to_string();
+    assert!(error.contains("permission denied"), "{error}");
+}
