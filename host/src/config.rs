@@ -625,4 +625,12 @@ mod tests {
         let secrets = config.providers[0].resolve_secrets().unwrap();
         assert_eq!(secrets["token"].expose(), "s.secret-token");
     }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kmsgate.toml");
+        let config = Config::load(Path::new(example)).unwrap();
+        assert_eq!(config.primary_name().unwrap(), "vault");
+        assert_eq!(config.providers.len(), 2);
+    }
 }

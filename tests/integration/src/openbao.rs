@@ -171,7 +171,9 @@ cluster_addr = "http://127.0.0.1:{cluster_port}"
             request = request.header("x-vault-token", &self.token);
         }
         if let Some(body) = body {
-            request = request.json(&body);
+            request = request
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).expect("JSON body"));
         }
         let response = request.send().await.expect("OpenBao request");
         let status = response.status();

@@ -26,7 +26,10 @@ async fn no_plaintext_key_or_token_in_trace_logs() {
 
     let dek = b"DEK-MARKER-7f3a9c-never-log-me".to_vec();
     let sealed = client
-        .encrypt(v2::EncryptRequest { plaintext: dek.clone(), uid: "uid-log-test".into() })
+        .encrypt(v2::EncryptRequest {
+            plaintext: dek.clone(),
+            uid: "uid-log-test".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -36,19 +39,43 @@ async fn no_plaintext_key_or_token_in_trace_logs() {
         key_id: key_id.into(),
         annotations: sealed.annotations.clone(),
     };
-    let plaintext = client.decrypt(decrypt(sealed.ciphertext.clone(), &sealed.key_id)).await.unwrap();
+    let plaintext = client
+        .decrypt(decrypt(sealed.ciphertext.clone(), &sealed.key_id))
+        .await
+        .unwrap();
     assert_eq!(plaintext.into_inner().plaintext, dek);
     // Failures log too: make some.
     let mut tampered = sealed.ciphertext.clone();
     tampered[12] ^= 1;
-    let _ = client.decrypt(decrypt(tampered, &sealed.key_id)).await.unwrap_err();
-    let _ = client.decrypt(decrypt(b"\x01garbage-for-local-provider-000000000".to_vec(), "local/k1")).await.unwrap_err();
-    let _ = client.encrypt(v2::EncryptRequest { plaintext: vec![], uid: "uid-empty".into() }).await.unwrap_err();
+    let _ = client
+        .decrypt(decrypt(tampered, &sealed.key_id))
+        .await
+        .unwrap_err();
+    let _ = client
+        .decrypt(decrypt(
+            b"\x01garbage-for-local-provider-000000000".to_vec(),
+            "local/k1",
+        ))
+        .await
+        .unwrap_err();
+    let _ = client
+        .encrypt(v2::EncryptRequest {
+            plaintext: vec![],
+            uid: "uid-empty".into(),
+        })
+        .await
+        .unwrap_err();
 
     let mut v1 = kmsgate::client::v1beta1(&daemon.socket).await.unwrap();
-    let request = v1beta1::EncryptRequest { version: "v1beta1".into(), plain: dek.clone() };
+    let request = v1beta1::EncryptRequest {
+        version: "v1beta1".into(),
+        plain: dek.clone(),
+    };
     let cipher = v1.encrypt(request).await.unwrap().into_inner().cipher;
-    let request = v1beta1::DecryptRequest { version: "v1beta1".into(), cipher };
+    let request = v1beta1::DecryptRequest {
+        version: "v1beta1".into(),
+        cipher,
+    };
     assert_eq!(v1.decrypt(request).await.unwrap().into_inner().plain, dek);
     drop(client);
     drop(v1);
@@ -58,21 +85,39 @@ async fn no_plaintext_key_or_token_in_trace_logs() {
         std::fs::write("/tmp/kmsgate-logs-test.log", &logs).unwrap();
     }
     // The capture is real: it holds request-scoped lines.
-    assert!(logs.contains("uid-log-test"), "the log should carry request uids");
-    assert!(logs.lines().count() > 20, "expected a trace-level log, got:\n{logs}");
+    assert!(
+        logs.contains("uid-log-test"),
+        "the log should carry request uids"
+    );
+    assert!(
+        logs.lines().count() > 20,
+        "expected a trace-level log, got:\n{logs}"
+    );
 
     let local_key = STANDARD.encode([local_seed; 32]);
     let secrets = [
         ("plaintext", String::from_utf8(dek.clone()).unwrap()),
         ("plaintext (base64)", STANDARD.encode(&dek)),
-        ("plaintext (bytes)", format!("{:?}", &dek[..8]).trim_end_matches(']').to_string()),
-        ("plaintext (hex)", dek.iter().map(|b| format!("{b:02x}")).collect()),
+        (
+            "plaintext (bytes)",
+            format!("{:?}", &dek[..8]).trim_end_matches(']').to_string(),
+        ),
+        (
+            "plaintext (hex)",
+            dek.iter().map(|b| format!("{b:02x}")).collect(),
+        ),
         ("Vault token", bao.token.clone()),
         ("local-aes key", local_key),
     ];
     for (what, secret) in secrets {
-        assert!(!logs.contains(&secret), "the {what} appears in the daemon's logs");
+        assert!(
+            !logs.contains(&secret),
+            "the {what} appears in the daemon's logs"
+        );
     }
     // The plaintext marker in any form shorter than the whole.
-    assert!(!logs.contains("DEK-MARKER"), "a piece of the plaintext appears in the logs");
+    assert!(
+        !logs.contains("DEK-MARKER"),
+        "a piece of the plaintext appears in the logs"
+    );
 }

@@ -11,7 +11,10 @@ use tonic::Code;
 const STATUS_INTERVAL_MS: i64 = 300;
 
 fn encrypt_request(plaintext: &[u8]) -> v2::EncryptRequest {
-    v2::EncryptRequest { plaintext: plaintext.to_vec(), uid: "uid-vault".into() }
+    v2::EncryptRequest {
+        plaintext: plaintext.to_vec(),
+        uid: "uid-vault".into(),
+    }
 }
 
 fn decrypt_request(sealed: &v2::EncryptResponse) -> v2::DecryptRequest {
@@ -24,7 +27,12 @@ fn decrypt_request(sealed: &v2::EncryptResponse) -> v2::DecryptRequest {
 }
 
 async fn key_id(client: &mut kmsgate::client::V2Client) -> String {
-    client.status(v2::StatusRequest {}).await.unwrap().into_inner().key_id
+    client
+        .status(v2::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .key_id
 }
 
 #[tokio::test]
@@ -37,12 +45,28 @@ async fn round_trip_rotation_and_old_ciphertexts() {
         .await;
     let mut client = gateway.v2().await;
 
-    let status = client.status(v2::StatusRequest {}).await.unwrap().into_inner();
-    assert_eq!((status.healthz.as_str(), status.key_id.as_str()), ("ok", "vault/kube:v1"));
-    let old = client.encrypt(encrypt_request(b"dek-before-rotation")).await.unwrap().into_inner();
+    let status = client
+        .status(v2::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (status.healthz.as_str(), status.key_id.as_str()),
+        ("ok", "vault/kube:v1")
+    );
+    let old = client
+        .encrypt(encrypt_request(b"dek-before-rotation"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(old.key_id, "vault/kube:v1");
     assert!(old.ciphertext.starts_with(b"vault:v1:"));
-    let plaintext = client.decrypt(decrypt_request(&old)).await.unwrap().into_inner().plaintext;
+    let plaintext = client
+        .decrypt(decrypt_request(&old))
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
     assert_eq!(plaintext, b"dek-before-rotation");
 
     // Rotate in Vault: the new key id shows within the refresh interval.
@@ -52,35 +76,70 @@ async fn round_trip_rotation_and_old_ciphertexts() {
         async move { key_id(&mut client).await == "vault/kube:v2" }
     })
     .await;
-    assert!(took < Duration::from_millis(STATUS_INTERVAL_MS as u64 * 3), "rotation seen after {took:?}");
-    let new = client.encrypt(encrypt_request(b"dek-after-rotation")).await.unwrap().into_inner();
+    assert!(
+        took < Duration::from_millis(STATUS_INTERVAL_MS as u64 * 3),
+        "rotation seen after {took:?}"
+    );
+    let new = client
+        .encrypt(encrypt_request(b"dek-after-rotation"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(new.key_id, "vault/kube:v2");
     assert!(new.ciphertext.starts_with(b"vault:v2:"));
 
     // Old and new ciphertexts both decrypt.
-    for (sealed, expected) in [(&old, &b"dek-before-rotation"[..]), (&new, &b"dek-after-rotation"[..])] {
-        let plaintext = client.decrypt(decrypt_request(sealed)).await.unwrap().into_inner().plaintext;
+    for (sealed, expected) in [
+        (&old, &b"dek-before-rotation"[..]),
+        (&new, &b"dek-after-rotation"[..]),
+    ] {
+        let plaintext = client
+            .decrypt(decrypt_request(sealed))
+            .await
+            .unwrap()
+            .into_inner()
+            .plaintext;
         assert_eq!(plaintext, expected);
     }
 
     // v1beta1 through the same provider.
     let mut v1 = gateway.v1beta1().await;
-    let request = v1beta1::EncryptRequest { version: "v1beta1".into(), plain: b"v1-dek".to_vec() };
+    let request = v1beta1::EncryptRequest {
+        version: "v1beta1".into(),
+        plain: b"v1-dek".to_vec(),
+    };
     let cipher = v1.encrypt(request).await.unwrap().into_inner().cipher;
-    let request = v1beta1::DecryptRequest { version: "v1beta1".into(), cipher };
-    assert_eq!(v1.decrypt(request).await.unwrap().into_inner().plain, b"v1-dek");
+    let request = v1beta1::DecryptRequest {
+        version: "v1beta1".into(),
+        cipher,
+    };
+    assert_eq!(
+        v1.decrypt(request).await.unwrap().into_inner().plain,
+        b"v1-dek"
+    );
 }
 
 #[tokio::test]
 async fn bad_input_against_vault() {
     let bao = OpenBao::dev().await;
-    let gateway = TestGateway::new().with_provider(ProviderSpec::vault("vault", &bao, "kube")).start().await;
+    let gateway = TestGateway::new()
+        .with_provider(ProviderSpec::vault("vault", &bao, "kube"))
+        .start()
+        .await;
     let mut client = gateway.v2().await;
-    let sealed = client.encrypt(encrypt_request(b"dek")).await.unwrap().into_inner();
+    let sealed = client
+        .encrypt(encrypt_request(b"dek"))
+        .await
+        .unwrap()
+        .into_inner();
 
     let mut tampered = decrypt_request(&sealed);
     let last = tampered.ciphertext.len() - 2;
-    tampered.ciphertext[last] = if tampered.ciphertext[last] == b'A' { b'B' } else { b'A' };
+    tampered.ciphertext[last] = if tampered.ciphertext[last] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
     let mut garbage = decrypt_request(&sealed);
     garbage.ciphertext = b"not-a-vault-ciphertext".to_vec();
     let mut wrong_version = decrypt_request(&sealed);
@@ -90,14 +149,22 @@ async fn bad_input_against_vault() {
     let cases = [
         ("tampered", tampered, Code::InvalidArgument),
         ("garbage", garbage, Code::InvalidArgument),
-        ("key id version differs from the ciphertext's", wrong_version, Code::InvalidArgument),
+        (
+            "key id version differs from the ciphertext's",
+            wrong_version,
+            Code::InvalidArgument,
+        ),
         ("unknown key", unknown_key, Code::NotFound),
     ];
     for (what, request, code) in cases {
         let started = Instant::now();
         let status = client.decrypt(request).await.unwrap_err();
         assert_eq!(status.code(), code, "{what}: {}", status.message());
-        assert!(started.elapsed() < Duration::from_secs(2), "{what} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{what} took {:?}",
+            started.elapsed()
+        );
     }
     let empty = client.encrypt(encrypt_request(b"")).await.unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
@@ -119,45 +186,91 @@ async fn outage_shows_unhealthy_and_unavailable_then_recovers() {
         .start()
         .await;
     let mut client = gateway.v2().await;
-    let before = client.encrypt(encrypt_request(b"dek-before-outage")).await.unwrap().into_inner();
+    let before = client
+        .encrypt(encrypt_request(b"dek-before-outage"))
+        .await
+        .unwrap()
+        .into_inner();
 
     bao.stop();
     let took = wait_until("Status to turn unhealthy", bound, || {
         let mut client = client.clone();
-        async move { client.status(v2::StatusRequest {}).await.unwrap().into_inner().healthz != "ok" }
+        async move {
+            client
+                .status(v2::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .healthz
+                != "ok"
+        }
     })
     .await;
     println!("unhealthy after {took:?} (bound {bound:?})");
-    let status = client.status(v2::StatusRequest {}).await.unwrap().into_inner();
-    assert_eq!(status.key_id, "vault/kube:v1", "the key id survives the outage");
+    let status = client
+        .status(v2::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.key_id, "vault/kube:v1",
+        "the key id survives the outage"
+    );
     assert!(status.healthz.contains("unavailable"), "{}", status.healthz);
 
     let started = Instant::now();
     let error = client.encrypt(encrypt_request(b"dek")).await.unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{}", error.message());
-    assert!(started.elapsed() < bound, "UNAVAILABLE took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < bound,
+        "UNAVAILABLE took {:?}",
+        started.elapsed()
+    );
     let error = client.decrypt(decrypt_request(&before)).await.unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{}", error.message());
 
     bao.start_again().await;
     let took = wait_until("Status to recover", bound * 2, || {
         let mut client = client.clone();
-        async move { client.status(v2::StatusRequest {}).await.unwrap().into_inner().healthz == "ok" }
+        async move {
+            client
+                .status(v2::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .healthz
+                == "ok"
+        }
     })
     .await;
     println!("healthy again {took:?} after OpenBao was unsealed");
-    let plaintext = client.decrypt(decrypt_request(&before)).await.unwrap().into_inner().plaintext;
+    let plaintext = client
+        .decrypt(decrypt_request(&before))
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
     assert_eq!(plaintext, b"dek-before-outage");
-    client.encrypt(encrypt_request(b"dek-after-outage")).await.unwrap();
+    client
+        .encrypt(encrypt_request(b"dek-after-outage"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_missing_key_refuses_the_load_and_is_not_created() {
     let bao = OpenBao::dev().await;
-    let gateway = TestGateway::new().with_provider(ProviderSpec::vault("vault", &bao, "missing")).start().await;
+    let gateway = TestGateway::new()
+        .with_provider(ProviderSpec::vault("vault", &bao, "missing"))
+        .start()
+        .await;
     let error = gateway.exit().await.unwrap_err().to_string();
     assert!(error.contains("unknown key"), "{error}");
-    assert_eq!(bao.get_status("transit/keys/missing").await, 404, "the key must not be upserted");
+    assert_eq!(
+        bao.get_status("transit/keys/missing").await,
+        404,
+        "the key must not be upserted"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +281,14 @@ async fn a_host_outside_the_allowlist_is_denied() {
         .setting("key", "kube")
         .secret("token", &bao.token)
         .allow("http://127.0.0.1:1");
-    let error = TestGateway::new().with_provider(spec).start().await.exit().await.unwrap_err().to_string();
+    let error = TestGateway::new()
+        .with_provider(spec)
+        .start()
+        .await
+        .exit()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("allowed_hosts"), "{error}");
 }
 
@@ -180,6 +300,13 @@ async fn a_wrong_token_is_permission_denied_not_unavailable() {
         .setting("key", "kube")
         .secret("token", "not-the-token")
         .allow(&bao.address);
-    let error = TestGateway::new().with_provider(spec).start().await.exit().await.unwrap_err().to_string();
+    let error = TestGateway::new()
+        .with_provider(spec)
+        .start()
+        .await
+        .exit()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("permission denied"), "{error}");
 }
