@@ -99,6 +99,74 @@ async fn oversized_ciphertext_and_bad_annotation_are_refused_at_the_gateway() {
     assert_good_provider_still_serves(&mut client).await;
 }
 
+#[tokio::test]
+async fn spinning_provider_hits_its_cpu_budget() {
+    let spec = ProviderSpec::new("spinning", "fixture_spinning").limit("cpu_ms", 200);
+    let gateway = gateway_with("spinning", spec).await;
+    let mut client = gateway.v2().await;
+    // Two at once on a two-core machine: neither starves the good provider.
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.encrypt(encrypt(b"dek")).await })
+        })
+        .collect();
+    assert_good_provider_still_serves(&mut client).await;
+    for spinner in spinners {
+        let status = spinner.await.unwrap().unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::DeadlineExceeded,
+            "{}",
+            status.message()
+        );
+    }
+    assert_good_provider_still_serves(&mut client).await;
+}
+
+#[tokio::test]
+async fn greedy_provider_hits_its_memory_cap() {
+    let spec = ProviderSpec::new("greedy", "fixture_greedy").limit("memory_mib", 16);
+    let gateway = gateway_with("greedy", spec).await;
+    let mut client = gateway.v2().await;
+    let status = client.encrypt(encrypt(b"dek")).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    assert!(status.message().contains("16 MiB"), "{}", status.message());
+    assert_good_provider_still_serves(&mut client).await;
+}
+
+#[tokio::test]
+async fn traps_do_not_disturb_concurrent_calls_to_other_providers() {
+    let gateway = gateway_with(
+        "trapping",
+        ProviderSpec::new("trapping", "fixture_trapping"),
+    )
+    .await;
+    let client = gateway.v2().await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                client.encrypt(encrypt(b"dek")).await.unwrap_err().code()
+            } else {
+                let mut client = client;
+                assert_good_provider_still_serves(&mut client).await;
+                Code::Ok
+            }
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let code = call.await.unwrap();
+        assert_eq!(code, if i % 2 == 0 { Code::Internal } else { Code::Ok });
+    }
+}
+
 #[test]
 fn every_fixture_is_used() {
     let root = workspace_root();
