@@ -9,21 +9,21 @@
 //! [`outbound`].
 //!
 //! # Layout
-//! - [`config`]: the TOML config file, validated.
-//! - [`server`]: `run(config, socket, shutdown)`, the daemon's main loop.
-//! - [`socket`]: the Unix socket: mode, stale-file recovery, removal.
-//! - [`grpc`]: the v2 and v1beta1 gRPC services.
-//! - [`proto`]: generated gRPC code, with redacting `Debug`.
-//! - [`gateway`]: routing, apiserver limits, status kept fresh in the background.
-//! - [`limits`]: the apiserver's limits on key ids, ciphertexts, annotations.
-//! - [`envelope`]: the v1beta1 ciphertext header that carries the key id.
-//! - [`kms`]: the provider trait and its domain types.
-//! - [`error`]: errors, and their one mapping to gRPC codes.
-//! - [`wasm`]: wasmtime engine, component loading, per-call sandboxing.
-//! - [`outbound`]: providers' outbound HTTP (reqwest) with TLS and caps.
-//! - [`allowlist`]: which hosts a provider may reach.
-//! - [`secret`]: redacting wrappers for plaintext and credentials.
-//! - [`client`]: a client for the socket (CLI and tests).
+//! - [`config`] — the TOML config file, validated.
+//! - [`server`] — `run(config, socket, shutdown)`, the daemon's main loop.
+//! - [`socket`] — the Unix socket: mode, stale-file recovery, removal.
+//! - [`grpc`] — the v2 and v1beta1 gRPC services.
+//! - [`proto`] — generated gRPC code, with redacting `Debug`.
+//! - [`gateway`] — routing, apiserver limits, status kept fresh in the background.
+//! - [`limits`] — the apiserver's limits on key ids, ciphertexts, annotations.
+//! - [`envelope`] — the v1beta1 ciphertext header that carries the key id.
+//! - [`kms`] — the provider trait and its domain types.
+//! - [`error`] — errors, and their one mapping to gRPC codes.
+//! - [`wasm`] — wasmtime engine, component loading, per-call sandboxing.
+//! - [`outbound`] — providers' outbound HTTP (reqwest) with TLS and caps.
+//! - [`allowlist`] — which hosts a provider may reach.
+//! - [`secret`] — redacting wrappers for plaintext and credentials.
+//! - [`client`] — a client for the socket (CLI and tests).
 
 pub mod allowlist;
 pub mod client;

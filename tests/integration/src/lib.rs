@@ -3,9 +3,9 @@
 //! socket, real provider components, and a real OpenBao server.
 //!
 //! # Layout
-//! - [`gateway`]: `TestGateway::new().with_provider(..).start()`.
-//! - [`openbao`]: starts `bao server` (dev or persistent) on a free port.
-//! - [`component`]: where the built `.wasm` components are.
+//! - [`gateway`] — `TestGateway::new().with_provider(spec).start()`.
+//! - [`openbao`] — starts `bao server` (dev or persistent) on a free port.
+//! - [`component`] — where the built `.wasm` components are.
 
 pub mod gateway;
 pub mod openbao;
