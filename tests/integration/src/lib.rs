@@ -5,10 +5,12 @@
 //! # Layout
 //! - [`gateway`] — `TestGateway::new().with_provider(spec).start()`.
 //! - [`openbao`] — starts `bao server` (dev or persistent) on a free port.
+//! - [`requests`] — request builders the tests share.
 //! - [`component`] — where the built `.wasm` components are.
 
 pub mod gateway;
 pub mod openbao;
+pub mod requests;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

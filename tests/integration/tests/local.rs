@@ -1,27 +1,10 @@
 //! KMS v2 and v1beta1 over a real Unix socket with the generated client,
 //! against the `local-aes` provider: round trips and bad input.
 
-use std::collections::HashMap;
-
 use kmsgate::proto::{v1beta1, v2};
+use kmsgate_integration::requests::{decrypt_raw as decrypt_request, encrypt as encrypt_request};
 use kmsgate_integration::{ProviderSpec, TestGateway};
 use tonic::Code;
-
-fn encrypt_request(plaintext: &[u8]) -> v2::EncryptRequest {
-    v2::EncryptRequest {
-        plaintext: plaintext.to_vec(),
-        uid: "uid-enc".into(),
-    }
-}
-
-fn decrypt_request(ciphertext: Vec<u8>, key_id: &str) -> v2::DecryptRequest {
-    v2::DecryptRequest {
-        ciphertext,
-        uid: "uid-dec".into(),
-        key_id: key_id.into(),
-        annotations: HashMap::new(),
-    }
-}
 
 #[tokio::test]
 async fn v2_round_trip_and_status() {

@@ -4,35 +4,23 @@
 use std::time::{Duration, Instant};
 
 use kmsgate::proto::{v1beta1, v2};
+use kmsgate_integration::requests::{
+    decrypt as decrypt_request, encrypt as encrypt_request, status,
+};
 use kmsgate_integration::{OpenBao, ProviderSpec, TestGateway, wait_until};
 use tonic::Code;
 
 /// The status refresh interval these tests run with.
 const STATUS_INTERVAL_MS: i64 = 300;
 
-fn encrypt_request(plaintext: &[u8]) -> v2::EncryptRequest {
-    v2::EncryptRequest {
-        plaintext: plaintext.to_vec(),
-        uid: "uid-vault".into(),
-    }
-}
-
-fn decrypt_request(sealed: &v2::EncryptResponse) -> v2::DecryptRequest {
-    v2::DecryptRequest {
-        ciphertext: sealed.ciphertext.clone(),
-        uid: "uid-vault".into(),
-        key_id: sealed.key_id.clone(),
-        annotations: sealed.annotations.clone(),
-    }
-}
-
 async fn key_id(client: &mut kmsgate::client::V2Client) -> String {
-    client
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .key_id
+    status(client).await.key_id
+}
+
+/// Why the daemon refused to start with `spec`.
+async fn load_error(spec: ProviderSpec) -> String {
+    let gateway = TestGateway::new().with_provider(spec).start().await;
+    gateway.exit().await.unwrap_err().to_string()
 }
 
 #[tokio::test]
@@ -281,14 +269,7 @@ async fn a_host_outside_the_allowlist_is_denied() {
         .setting("key", "kube")
         .secret("token", &bao.token)
         .allow("http://127.0.0.1:1");
-    let error = TestGateway::new()
-        .with_provider(spec)
-        .start()
-        .await
-        .exit()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = load_error(spec).await;
     assert!(error.contains("allowed_hosts"), "{error}");
 }
 
@@ -300,13 +281,6 @@ async fn a_wrong_token_is_permission_denied_not_unavailable() {
         .setting("key", "kube")
         .secret("token", "not-the-token")
         .allow(&bao.address);
-    let error = TestGateway::new()
-        .with_provider(spec)
-        .start()
-        .await
-        .exit()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = load_error(spec).await;
     assert!(error.contains("permission denied"), "{error}");
 }
