@@ -4,7 +4,11 @@
 use anyhow::Context;
 
 fn main() -> anyhow::Result<()> {
-    let protos = ["proto/v2/api.proto", "proto/v1beta1/api.proto"];
+    let protos = [
+        "proto/v2/api.proto",
+        "proto/v1beta1/api.proto",
+        "proto/admin/admin.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

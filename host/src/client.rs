@@ -7,7 +7,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::proto::{v1beta1, v2};
+use crate::proto::{admin, v1beta1, v2};
 
 /// Connects to the daemon's socket. The URI is a placeholder: the apiserver
 /// (grpc-go) sends `:authority` "localhost" on Unix sockets, and so does
@@ -32,4 +32,10 @@ pub async fn v2(socket: &Path) -> Result<V2Client, tonic::transport::Error> {
 
 pub async fn v1beta1(socket: &Path) -> Result<V1beta1Client, tonic::transport::Error> {
     Ok(V1beta1Client::new(connect(socket).await?))
+}
+
+pub type AdminClient = admin::admin_client::AdminClient<Channel>;
+
+pub async fn admin(socket: &Path) -> Result<AdminClient, tonic::transport::Error> {
+    Ok(AdminClient::new(connect(socket).await?))
 }

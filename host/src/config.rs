@@ -39,8 +39,21 @@ pub struct Config {
     /// milliseconds. Default 10000.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Watch the config file, every component and every file a setting or
+    /// secret reads, and reload when one changes. Default true. SIGHUP and
+    /// `kmsgate reload` work either way.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How long files must be quiet after a change before the reload runs,
+    /// in milliseconds, so a file written in several steps is read once.
+    /// Default 300.
+    #[serde(default = "default_reload_debounce_ms")]
+    pub reload_debounce_ms: u64,
     /// The providers, each a WebAssembly component.
     pub providers: Vec<ProviderConfig>,
+    /// The file this config was read from (set by [`Config::load`]).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,8 +64,12 @@ pub struct ProviderConfig {
     /// renaming a provider strands its ciphertexts: keep names stable.
     pub name: String,
     /// Path of the provider's `.wasm` component; relative paths are relative
-    /// to the config file.
+    /// to the config file. Replacing the file hot-swaps the provider.
     pub component: PathBuf,
+    /// Optional pin: the component's hex SHA-256. A component that does not
+    /// match is refused (and on a reload the old version keeps serving).
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// The provider's own settings, handed to it through `wasi:config/store`.
     /// Values are strings, numbers or booleans, or `{ file = "path" }` /
     /// `{ env = "NAME" }` to read the value from a file or an environment
@@ -149,6 +166,12 @@ fn default_status_interval_ms() -> u64 {
 }
 fn default_shutdown_grace_ms() -> u64 {
     10_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_reload_debounce_ms() -> u64 {
+    300
 }
 fn default_outbound_timeout_ms() -> u64 {
     3_000
@@ -250,6 +273,7 @@ impl Config {
             field: p.field,
             message: p.message,
         })?;
+        config.path = Some(path.to_owned());
         Ok(config)
     }
 
@@ -314,6 +338,43 @@ impl Config {
         Ok(())
     }
 
+    /// Whether a running daemon can move from `self` to `next` without a
+    /// restart. The socket cannot move, and providers cannot be removed:
+    /// their ciphertexts would no longer decrypt.
+    pub fn reloadable_to(&self, next: &Config) -> Result<(), String> {
+        if next.socket != self.socket || next.socket_mode != self.socket_mode {
+            return Err("socket and socket_mode changes need a restart".into());
+        }
+        for provider in &self.providers {
+            if !next.providers.iter().any(|p| p.name == provider.name) {
+                return Err(format!(
+                    "provider {} was removed; that would strand its ciphertexts, so removal needs a restart",
+                    provider.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every file whose change should trigger a reload.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
+        for provider in &self.providers {
+            files.push(provider.component.clone());
+            files.extend(provider.settings.values().filter_map(|value| match value {
+                SettingValue::File { file } => Some(file.clone()),
+                _ => None,
+            }));
+            files.extend(provider.secrets.values().filter_map(|source| match source {
+                SecretSource::File(file) => Some(file.clone()),
+                SecretSource::Env(_) => None,
+            }));
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// The socket's permission bits.
     pub fn socket_mode(&self) -> Result<u32, Problem> {
         u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
@@ -347,6 +408,14 @@ impl ProviderConfig {
             return Err(Problem::new(
                 format!("{at}.name"),
                 "must be 1-63 lowercase letters, digits or '-', starting with a letter or digit",
+            ));
+        }
+        if let Some(pin) = &self.sha256
+            && !crate::integrity::is_valid_pin(pin)
+        {
+            return Err(Problem::new(
+                format!("{at}.sha256"),
+                "must be 64 hex digits",
             ));
         }
         Allowlist::parse(&self.outbound.allowed_hosts)
@@ -552,18 +621,51 @@ mod tests {
         "[providers.outbound]\nallowed_hosts = [\"http://127.0.0.1:8200\"]\ntimeout_ms = 9000",
         "providers[0].limits.call_timeout_ms"
     )]
+    #[case::bad_pin("sha256 = \"abc\"", "providers[0].sha256")]
     #[case::half_mtls(
         "[providers.outbound]\nclient_cert_file = \"c.pem\"",
         "providers[0].outbound"
     )]
     fn provider_problems_name_the_field(#[case] extra: &str, #[case] field: &str) {
+        let component = "component = \"local_aes.wasm\"";
         let text = if extra.starts_with("name") {
             MINIMAL.replace("name = \"local\"", extra)
+        } else if extra.starts_with("sha256") {
+            MINIMAL.replace(component, &format!("{component}\n{extra}"))
         } else {
             with(extra)
         };
         let problem = Config::parse(&text).unwrap().validate().unwrap_err();
         assert_eq!(problem.field, field, "{problem:?}");
+    }
+
+    #[test]
+    fn reloads_may_not_move_the_socket_or_drop_providers() {
+        let two = Config::parse(&format!(
+            "primary = \"local\"\n{}",
+            with("[[providers]]\nname = \"b\"\ncomponent = \"b.wasm\"")
+        ))
+        .unwrap();
+        let one = Config::parse(MINIMAL).unwrap();
+        assert!(one.reloadable_to(&two).is_ok(), "adding a provider is fine");
+        assert!(
+            two.reloadable_to(&one)
+                .unwrap_err()
+                .contains("provider b was removed")
+        );
+        let moved =
+            Config::parse(&MINIMAL.replace("/run/kmsgate.sock", "/run/other.sock")).unwrap();
+        assert!(one.reloadable_to(&moved).is_err());
+    }
+
+    #[test]
+    fn watched_files_cover_config_components_and_file_settings() {
+        let mut config = Config::parse(&with("[providers.settings]\nkey = { file = \"k\" }\n[providers.secrets]\nt = { file = \"t\" }")).unwrap();
+        config.path = Some("/etc/kmsgate.toml".into());
+        let files = config.watched_files();
+        for file in ["/etc/kmsgate.toml", "local_aes.wasm", "k", "t"] {
+            assert!(files.contains(&PathBuf::from(file)), "{file} in {files:?}");
+        }
     }
 
     #[test]

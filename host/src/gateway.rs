@@ -4,18 +4,20 @@
 //! Key ids are namespaced: the apiserver sees `<provider>/<provider key id>`
 //! (for example `vault/kube:v3`), so Decrypt goes to the provider that
 //! encrypted, whichever provider is primary now.
+//!
+//! Providers can be swapped and added while serving ([`crate::reload`]);
+//! a call holds the version it started on until it finishes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::error::{Action, KmsError, ProviderError};
-use crate::kms::KmsProvider;
+use crate::error::KmsError;
 use crate::limits::{self, Annotations};
 use crate::secret::Plaintext;
+use crate::slot::Slot;
 
 /// Separates the provider name from the provider's own key id.
 const KEY_ID_SEPARATOR: char = '/';
@@ -39,208 +41,142 @@ pub struct Sealed {
     pub annotations: Annotations,
 }
 
-/// The last known state of one provider's backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
-    /// The provider's own key id, once it has reported one. Kept through
-    /// outages, so Decrypt routing and the apiserver's view stay stable.
-    pub key_id: Option<String>,
-    pub healthy: bool,
-    /// For operators; never contains secrets.
-    pub detail: String,
-}
-
-/// One provider and its cached health.
-pub struct Slot {
-    name: String,
-    provider: Arc<dyn KmsProvider>,
-    health: RwLock<Health>,
-    /// Wakes the refresher early, after a call saw the backend unavailable.
-    refresh_now: Notify,
-}
-
-impl Slot {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn health(&self) -> Health {
-        self.health.read().expect("health lock poisoned").clone()
-    }
-
-    fn set_health(&self, health: Health) {
-        *self.health.write().expect("health lock poisoned") = health;
-    }
-
-    /// Asks the provider for its status once and records the answer.
-    pub async fn refresh(&self) {
-        let previous = self.health();
-        let next = match self.provider.status().await.and_then(|s| {
-            check_provider_key_id(&self.name, &s.key_id)?;
-            Ok(s)
-        }) {
-            Ok(status) => Health {
-                key_id: Some(status.key_id),
-                healthy: status.healthy,
-                detail: status.detail,
-            },
-            Err(error) => Health {
-                key_id: previous.key_id.clone(),
-                healthy: false,
-                detail: format!("status failed: {error}"),
-            },
-        };
-        if next.key_id != previous.key_id && previous.key_id.is_some() {
-            tracing::info!(provider = %self.name, old = ?previous.key_id, new = ?next.key_id, "key id changed (rotation)");
-        }
-        if next.healthy != previous.healthy {
-            if next.healthy {
-                tracing::info!(provider = %self.name, "provider healthy: {}", next.detail);
-            } else {
-                tracing::warn!(provider = %self.name, "provider unhealthy: {}", next.detail);
-            }
-        }
-        self.set_health(next);
-    }
-
-    /// Marks the backend down at once (without waiting for the next poll)
-    /// and asks the refresher to check again.
-    fn saw_unavailable(&self, error: &ProviderError) {
-        if let ProviderError::Unavailable(_) = error {
-            let mut health = self.health.write().expect("health lock poisoned");
-            if health.healthy {
-                tracing::warn!(provider = %self.name, "provider unhealthy: {error}");
-            }
-            health.healthy = false;
-            health.detail = error.to_string();
-            drop(health);
-            self.refresh_now.notify_one();
-        }
-    }
-
-    fn error(&self, action: Action, error: ProviderError) -> KmsError {
-        self.saw_unavailable(&error);
-        KmsError::Provider {
-            provider: self.name.clone(),
-            action,
-            error,
-        }
-    }
-}
-
-/// Routes KMS calls. Cheap to share (`Arc<Gateway>`).
+/// Routes KMS calls. Shared as `Arc<Gateway>`; dropping the last one stops
+/// the background refreshers.
 pub struct Gateway {
-    slots: HashMap<String, Arc<Slot>>,
-    primary: Arc<Slot>,
+    slots: RwLock<HashMap<String, Arc<Slot>>>,
+    primary: RwLock<Arc<Slot>>,
+    status_interval: Duration,
+    refreshers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Gateway {
-    /// `providers` by name; `primary` must be one of them.
-    pub fn new(providers: Vec<(String, Arc<dyn KmsProvider>)>, primary: &str) -> Gateway {
-        let slots: HashMap<String, Arc<Slot>> = providers
+    /// `slots` by name; `primary` must be one of them. Does not start the
+    /// refreshers: see [`Gateway::start`].
+    pub fn new(slots: Vec<Slot>, primary: &str, status_interval: Duration) -> Gateway {
+        let slots: HashMap<String, Arc<Slot>> = slots
             .into_iter()
-            .map(|(name, provider)| {
-                let slot = Slot {
-                    name: name.clone(),
-                    provider,
-                    health: RwLock::new(Health {
-                        key_id: None,
-                        healthy: false,
-                        detail: "status not yet checked".into(),
-                    }),
-                    refresh_now: Notify::new(),
-                };
-                (name, Arc::new(slot))
-            })
+            .map(|slot| (slot.name().to_string(), Arc::new(slot)))
             .collect();
         let primary = slots
             .get(primary)
             .cloned()
             .expect("the config validation guarantees the primary exists");
-        Gateway { slots, primary }
+        Gateway {
+            slots: RwLock::new(slots),
+            primary: RwLock::new(primary),
+            status_interval,
+            refreshers: Mutex::new(Vec::new()),
+        }
     }
 
-    pub fn primary(&self) -> &Arc<Slot> {
-        &self.primary
+    /// Checks every provider's status once, concurrently, then starts one
+    /// background refresher per provider.
+    pub async fn start(&self) {
+        self.refresh_all().await;
+        for slot in self.slots() {
+            self.spawn_refresher(slot);
+        }
     }
 
-    pub fn slots(&self) -> impl Iterator<Item = &Arc<Slot>> {
-        self.slots.values()
+    pub fn primary(&self) -> Arc<Slot> {
+        self.primary.read().expect("primary lock poisoned").clone()
+    }
+
+    pub fn slot(&self, name: &str) -> Option<Arc<Slot>> {
+        self.slots
+            .read()
+            .expect("slots lock poisoned")
+            .get(name)
+            .cloned()
+    }
+
+    /// All providers, sorted by name.
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        let mut slots: Vec<_> = self
+            .slots
+            .read()
+            .expect("slots lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        slots.sort_by(|a, b| a.name().cmp(b.name()));
+        slots
+    }
+
+    /// Adds a provider (already checked by its canary) and starts its
+    /// refresher.
+    pub fn add(&self, slot: Slot) -> Arc<Slot> {
+        let slot = Arc::new(slot);
+        self.slots
+            .write()
+            .expect("slots lock poisoned")
+            .insert(slot.name().to_string(), slot.clone());
+        self.spawn_refresher(slot.clone());
+        slot
+    }
+
+    /// Makes `name` the encrypting provider. It must exist.
+    pub fn set_primary(&self, name: &str) -> bool {
+        match self.slot(name) {
+            Some(slot) => {
+                *self.primary.write().expect("primary lock poisoned") = slot;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Refreshes every provider's status once, concurrently.
     pub async fn refresh_all(&self) {
         let mut refreshes = tokio::task::JoinSet::new();
-        for slot in self.slots.values() {
-            let slot = slot.clone();
+        for slot in self.slots() {
             refreshes.spawn(async move { slot.refresh().await });
         }
         while refreshes.join_next().await.is_some() {}
     }
 
-    /// Starts one background refresher per provider. The handles abort the
-    /// refreshers when dropped.
-    pub fn spawn_refreshers(&self, interval: Duration) -> Refreshers {
-        let handles = self
-            .slots
-            .values()
-            .map(|slot| {
-                let slot = slot.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep(interval) => {}
-                            _ = slot.refresh_now.notified() => {}
-                        }
-                        slot.refresh().await;
-                    }
-                })
-            })
-            .collect();
-        Refreshers(handles)
+    fn spawn_refresher(&self, slot: Arc<Slot>) {
+        let interval = self.status_interval;
+        let handle = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = slot.refresh_now.notified() => {}
+                }
+                slot.refresh().await;
+            }
+        });
+        self.refreshers
+            .lock()
+            .expect("refreshers lock poisoned")
+            .push(handle);
     }
 
     /// The apiserver's Status: from the cache, no backend round trip.
     pub fn status(&self) -> GatewayStatus {
-        let health = self.primary.health();
+        let primary = self.primary();
+        let health = primary.health();
         let key_id = health
             .key_id
             .as_deref()
-            .map(|id| namespaced(&self.primary.name, id))
+            .map(|id| namespaced(primary.name(), id))
             .unwrap_or_default();
         let healthz = if health.healthy && !key_id.is_empty() {
             "ok".to_string()
         } else {
-            format!("kmsgate provider {}: {}", self.primary.name, health.detail)
+            format!("kmsgate provider {}: {}", primary.name(), health.detail)
         };
         GatewayStatus { healthz, key_id }
     }
 
     pub async fn encrypt(&self, uid: &str, plaintext: &Plaintext) -> Result<Sealed, KmsError> {
         limits::check_plaintext(plaintext.as_bytes()).map_err(KmsError::InvalidRequest)?;
-        let slot = &self.primary;
-        let key_id = slot.health().key_id.ok_or_else(|| KmsError::NotReady {
-            provider: slot.name.clone(),
-            reason: slot.health().detail,
-        })?;
-        let encrypted = slot
-            .provider
-            .encrypt(uid, &key_id, plaintext)
-            .await
-            .map_err(|e| slot.error(Action::Encrypt, e))?;
-        let contract =
-            |message: String| slot.error(Action::Encrypt, ProviderError::Contract(message));
-        if encrypted.key_id != key_id {
-            return Err(contract(format!(
-                "encrypted with key id {:?}, asked for {key_id:?}",
-                encrypted.key_id
-            )));
-        }
-        limits::check_ciphertext(&encrypted.ciphertext).map_err(contract)?;
-        limits::check_annotations(&encrypted.annotations).map_err(contract)?;
+        let slot = self.primary();
+        let encrypted = slot.encrypt(uid, plaintext).await?;
         Ok(Sealed {
             ciphertext: encrypted.ciphertext,
-            key_id: namespaced(&slot.name, &key_id),
+            key_id: namespaced(slot.name(), &encrypted.key_id),
             annotations: encrypted.annotations,
         })
     }
@@ -260,39 +196,29 @@ impl Gateway {
             .filter(|(_, inner)| !inner.is_empty())
             .ok_or_else(|| KmsError::UnknownProvider(key_id.to_string()))?;
         let slot = self
-            .slots
-            .get(name)
+            .slot(name)
             .ok_or_else(|| KmsError::UnknownProvider(name.to_string()))?;
-        slot.provider
-            .decrypt(uid, provider_key_id, ciphertext, annotations)
+        slot.decrypt(uid, provider_key_id, ciphertext, annotations)
             .await
-            .map_err(|e| slot.error(Action::Decrypt, e))
     }
 }
 
-fn namespaced(provider: &str, key_id: &str) -> String {
-    format!("{provider}{KEY_ID_SEPARATOR}{key_id}")
-}
-
-/// A provider's own key id must leave room for the prefix.
-fn check_provider_key_id(provider: &str, key_id: &str) -> Result<(), ProviderError> {
-    if key_id.is_empty() {
-        return Err(ProviderError::Contract(
-            "status reported an empty key id".into(),
-        ));
-    }
-    limits::check_key_id(&namespaced(provider, key_id)).map_err(ProviderError::Contract)
-}
-
-/// Background status refreshers; aborted on drop.
-pub struct Refreshers(Vec<JoinHandle<()>>);
-
-impl Drop for Refreshers {
+impl Drop for Gateway {
     fn drop(&mut self) {
-        for handle in &self.0 {
+        for handle in self
+            .refreshers
+            .get_mut()
+            .expect("refreshers lock poisoned")
+            .drain(..)
+        {
             handle.abort();
         }
     }
+}
+
+/// `<provider>/<key id>`: the key id the apiserver sees.
+pub fn namespaced(provider: &str, key_id: &str) -> String {
+    format!("{provider}{KEY_ID_SEPARATOR}{key_id}")
 }
 
 #[cfg(test)]
@@ -303,7 +229,9 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::kms::{Encrypted, ProviderStatus};
+    use crate::error::ProviderError;
+    use crate::kms::{Encrypted, KmsProvider, ProviderStatus};
+    use crate::slot::{Origin, Serving};
 
     /// An in-process provider: "encrypts" by reversing, answers what the
     /// test sets.
@@ -367,7 +295,21 @@ mod tests {
     }
 
     async fn gateway(fake: Arc<Fake>) -> Gateway {
-        let gateway = Gateway::new(vec![("fake".into(), fake as Arc<dyn KmsProvider>)], "fake");
+        let serving = Serving {
+            provider: fake,
+            origin: Origin {
+                component: "fake.wasm".into(),
+                sha256: String::new(),
+                fingerprint: String::new(),
+            },
+            loaded_at: std::time::SystemTime::now(),
+            generation: 1,
+        };
+        let gateway = Gateway::new(
+            vec![Slot::new("fake".into(), serving)],
+            "fake",
+            Duration::from_secs(60),
+        );
         gateway.refresh_all().await;
         gateway
     }

@@ -15,6 +15,10 @@
 //! - [`grpc`] — the v2 and v1beta1 gRPC services.
 //! - [`proto`] — generated gRPC code, with redacting `Debug`.
 //! - [`gateway`] — routing, apiserver limits, status kept fresh in the background.
+//! - [`slot`] — one provider: the swappable serving version, health, canary samples.
+//! - [`reload`] — hot swap: re-read config, build, canary, switch.
+//! - [`watch`] — reload when a watched file changes.
+//! - [`integrity`] — the component pin (and the place for signatures).
 //! - [`limits`] — the apiserver's limits on key ids, ciphertexts, annotations.
 //! - [`envelope`] — the v1beta1 ciphertext header that carries the key id.
 //! - [`kms`] — the provider trait and its domain types.
@@ -32,11 +36,15 @@ pub mod envelope;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod integrity;
 pub mod kms;
 pub mod limits;
 pub mod outbound;
 pub mod proto;
+pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod slot;
 pub mod socket;
 pub mod wasm;
+pub mod watch;

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Parser, Subcommand, ValueEnum};
 use kmsgate::config::Config;
-use kmsgate::proto::{v1beta1, v2};
+use kmsgate::proto::{admin, v1beta1, v2};
 use kmsgate::{client, server, socket, wasm};
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Api::V2)]
         api: Api,
     },
+    /// Show what a running daemon serves: per provider the component, its
+    /// sha256, load time, generation, health, and the last reload error.
+    Providers {
+        #[arg(long, short)]
+        socket: PathBuf,
+    },
+    /// Make a running daemon re-read its config and hot-swap what changed
+    /// (the same as SIGHUP). Fails if any new version was refused.
+    Reload {
+        #[arg(long, short)]
+        socket: PathBuf,
+    },
 }
 
 /// What `encrypt` prints and `decrypt` reads.
@@ -104,6 +116,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Status { socket, api } => status(socket, api).await,
         Command::Encrypt { socket, api } => encrypt(socket, api).await,
         Command::Decrypt { socket, api } => decrypt(socket, api).await,
+        Command::Providers { socket } => providers(socket).await,
+        Command::Reload { socket } => reload(socket).await,
     }
 }
 
@@ -310,5 +324,54 @@ async fn decrypt(socket: PathBuf, api: Api) -> anyhow::Result<()> {
         }
     };
     std::io::stdout().write_all(&plaintext)?;
+    Ok(())
+}
+
+async fn providers(socket: PathBuf) -> anyhow::Result<()> {
+    let mut client = client::admin(&socket)
+        .await
+        .with_context(|| format!("connecting to {socket:?}"))?;
+    let view = client
+        .providers(admin::ProvidersRequest {})
+        .await?
+        .into_inner();
+    let providers: Vec<_> = view
+        .providers
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name, "primary": p.primary, "component": p.component, "sha256": p.sha256,
+                "loaded_at_unix_ms": p.loaded_at_unix_ms, "generation": p.generation,
+                "healthy": p.healthy, "key_id": p.key_id, "detail": p.detail,
+                "last_reload_error": p.last_reload_error,
+            })
+        })
+        .collect();
+    let json = serde_json::json!({
+        "providers": providers,
+        "reloads_total": view.reloads_total,
+        "reload_failures_total": view.reload_failures_total,
+        "last_reload_error": view.last_reload_error,
+    });
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
+async fn reload(socket: PathBuf) -> anyhow::Result<()> {
+    let mut client = client::admin(&socket)
+        .await
+        .with_context(|| format!("connecting to {socket:?}"))?;
+    let report = client.reload(admin::ReloadRequest {}).await?.into_inner();
+    if !report.error.is_empty() {
+        bail!(
+            "reload refused, previous versions keep serving: {}",
+            report.error
+        );
+    }
+    if report.swapped.is_empty() {
+        println!("nothing changed");
+    } else {
+        println!("swapped: {}", report.swapped.join(", "));
+    }
     Ok(())
 }

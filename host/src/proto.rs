@@ -11,6 +11,11 @@ pub mod v1beta1 {
     tonic::include_proto!("v1beta1");
 }
 
+/// kmsgate's operator API (`kmsgate providers`, `kmsgate reload`).
+pub mod admin {
+    tonic::include_proto!("kmsgate.admin.v1");
+}
+
 impl fmt::Debug for v2::EncryptRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EncryptRequest")

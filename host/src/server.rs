@@ -2,15 +2,16 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::grpc::{V1beta1Service, V2Service};
-use crate::kms::KmsProvider;
+use crate::grpc::{AdminService, V1beta1Service, V2Service};
+use crate::reload::Reloader;
+use crate::slot::{Serving, Slot};
 use crate::socket::BoundSocket;
 use crate::wasm::{LoadError, Runtime, WasmProvider};
 
@@ -24,9 +25,10 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Loads every provider in `config`, then serves KMS v2 and v1beta1 on
-/// `socket` until `shutdown` completes. In-flight calls then get
-/// `shutdown_grace_ms` to finish; the socket file is removed on return.
+/// Loads every provider in `config`, then serves KMS v2, v1beta1 and the
+/// admin service on `socket` until `shutdown` completes. Reloads on SIGHUP,
+/// `kmsgate reload`, and (with `watch`) file changes. In-flight calls then
+/// get `shutdown_grace_ms` to finish; the socket file is removed on return.
 pub async fn run(
     config: Config,
     mut socket: BoundSocket,
@@ -34,12 +36,29 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let runtime = Runtime::new().map_err(|e| ServeError::Runtime(e.to_string()))?;
     let gateway = Arc::new(load_gateway(&runtime, &config).await?);
-    gateway.refresh_all().await;
+    gateway.start().await;
     let status = gateway.status();
     tracing::info!(socket = ?socket.path(), key_id = %status.key_id, healthz = %status.healthz, "serving");
-    let _refreshers = gateway.spawn_refreshers(Duration::from_millis(config.status_interval_ms));
 
     let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let debounce = Duration::from_millis(config.reload_debounce_ms);
+    let watch = config.watch;
+    let reloader = Arc::new(Reloader::new(config, runtime, gateway.clone()));
+    let _file_watch = if watch {
+        match crate::watch::spawn(reloader.clone(), debounce).await {
+            Ok(file_watch) => Some(file_watch),
+            Err(error) => {
+                tracing::warn!(
+                    "cannot watch files, reload with SIGHUP or `kmsgate reload`: {error}"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let _sighup = spawn_sighup_reloads(reloader.clone());
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -49,6 +68,7 @@ pub async fn run(
     let server = tonic::transport::Server::builder()
         .add_service(V2Service::server(gateway.clone()))
         .add_service(V1beta1Service::server(gateway.clone()))
+        .add_service(AdminService::server(reloader))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(socket.take_listener()),
             async move {
@@ -69,17 +89,54 @@ pub async fn run(
     Ok(())
 }
 
-/// Loads all providers concurrently is not worth the complexity: there are
-/// few, and each compile already uses every core.
+/// Loads the providers one after another: there are few, and each compile
+/// already uses every core.
 pub async fn load_gateway(runtime: &Runtime, config: &Config) -> Result<Gateway, ServeError> {
-    let mut providers: Vec<(String, Arc<dyn KmsProvider>)> = Vec::new();
+    let mut slots = Vec::new();
     for provider_config in &config.providers {
         let provider = WasmProvider::load(runtime, provider_config).await?;
-        tracing::info!(provider = %provider.name(), sha256 = %provider.sha256(), component = ?provider_config.component, "provider loaded");
-        providers.push((provider_config.name.clone(), Arc::new(provider)));
+        let origin = provider.origin().clone();
+        tracing::info!(provider = %provider.name(), sha256 = %origin.sha256, component = ?origin.component, "provider loaded");
+        let serving = Serving {
+            provider: Arc::new(provider),
+            origin,
+            loaded_at: SystemTime::now(),
+            generation: 1,
+        };
+        slots.push(Slot::new(provider_config.name.clone(), serving));
     }
     let primary = config
         .primary_name()
         .expect("validated config has a primary");
-    Ok(Gateway::new(providers, primary))
+    Ok(Gateway::new(
+        slots,
+        primary,
+        Duration::from_millis(config.status_interval_ms),
+    ))
+}
+
+/// SIGHUP reloads, as for most Unix daemons. The task ends with the
+/// returned guard.
+fn spawn_sighup_reloads(reloader: Arc<Reloader>) -> Option<AbortOnDrop> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!("cannot listen for SIGHUP: {error}");
+            return None;
+        }
+    };
+    Some(AbortOnDrop(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            reloader.reload("SIGHUP").await;
+        }
+    })))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

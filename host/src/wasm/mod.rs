@@ -3,8 +3,8 @@
 //! Invariants of this module:
 //! - One [`Runtime`] (one `Engine`, one `Linker`) per daemon. A thread ticks
 //!   the engine's epoch every [`TICK`] for as long as the engine lives.
-//! - A component is compiled once, when it loads, and pre-linked into a
-//!   `ProviderPre`; calls never compile or link.
+//! - A component is compiled once per content hash ([`cache`]) and
+//!   pre-linked into a `ProviderPre`; calls never compile or link.
 //! - Instance model: **a fresh store and instance for every call.** Nothing
 //!   a call does (state, a trap, a half-grown memory) can reach another
 //!   call, and parallel calls never queue on one instance. The pooling
@@ -16,6 +16,7 @@
 //! - Traps and limit hits become [`ProviderError`]s here and nowhere else.
 
 mod bindings;
+mod cache;
 mod host;
 
 use std::path::PathBuf;
@@ -25,19 +26,21 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 
 use self::bindings::{Provider, ProviderPre, annotations_to_wit};
+use self::cache::CompileCache;
 use self::host::{HostState, ProviderShared};
 use crate::config::ProviderConfig;
 use crate::error::ProviderError;
 use crate::kms::{Encrypted, KmsProvider, ProviderStatus};
 use crate::limits::Annotations;
 use crate::outbound::{OutboundClient, OutboundSettings};
-use crate::secret::Plaintext;
+use crate::secret::{Plaintext, Secret};
+use crate::slot::Origin;
 
 /// How often the epoch advances; the granularity of CPU budgets.
 const TICK: Duration = Duration::from_millis(10);
@@ -52,6 +55,7 @@ const MAX_MEMORY_BYTES: usize = 4096 << 20;
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    cache: Arc<CompileCache>,
 }
 
 impl Runtime {
@@ -86,7 +90,67 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
+            cache: Arc::new(CompileCache::default()),
         })
+    }
+
+    /// How many compiled components are cached.
+    pub fn cached_components(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+/// A provider's inputs, read and checked but not yet compiled: enough to
+/// tell whether a reload changes anything ([`Prepared::origin`]).
+pub struct Prepared {
+    bytes: Vec<u8>,
+    origin: Origin,
+    settings: Vec<(String, String)>,
+    secrets: std::collections::HashMap<String, Secret>,
+}
+
+impl Prepared {
+    /// Reads the component (checking its pin) and resolves settings and
+    /// secrets.
+    pub fn read(config: &ProviderConfig) -> Result<Prepared, LoadError> {
+        let fail = |reason: String| LoadError {
+            provider: config.name.clone(),
+            path: config.component.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&config.component).map_err(|e| fail(format!("reading: {e}")))?;
+        let sha256 = crate::integrity::verify(config.sha256.as_deref(), &bytes).map_err(fail)?;
+        let settings = config.resolve_settings().map_err(|e| fail(e.to_string()))?;
+        let secrets = config.resolve_secrets().map_err(|e| fail(e.to_string()))?;
+
+        // Everything that, if changed, makes this a different provider.
+        let mut hasher = Sha256::new();
+        hasher.update(sha256.as_bytes());
+        hasher.update(format!("{config:?}").as_bytes());
+        for (key, value) in &settings {
+            hasher.update(format!("{}:{key}={}:{value}\n", key.len(), value.len()).as_bytes());
+        }
+        let mut names: Vec<_> = secrets.keys().collect();
+        names.sort();
+        for name in names {
+            let value = secrets[name].expose();
+            hasher.update(format!("{}:{name}={}:{value}\n", name.len(), value.len()).as_bytes());
+        }
+        let origin = Origin {
+            component: config.component.clone(),
+            sha256,
+            fingerprint: hex::encode(hasher.finalize()),
+        };
+        Ok(Prepared {
+            bytes,
+            origin,
+            settings,
+            secrets,
+        })
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 }
 
@@ -107,7 +171,7 @@ pub struct WasmProvider {
     memory_cap: usize,
     cpu_budget: Duration,
     call_timeout: Duration,
-    sha256: String,
+    origin: Origin,
 }
 
 impl WasmProvider {
@@ -118,22 +182,37 @@ impl WasmProvider {
         runtime: &Runtime,
         config: &ProviderConfig,
     ) -> Result<WasmProvider, LoadError> {
+        WasmProvider::build(runtime, config, Prepared::read(config)?).await
+    }
+
+    /// Compiles (or takes from the cache), links and inits `prepared`.
+    pub async fn build(
+        runtime: &Runtime,
+        config: &ProviderConfig,
+        prepared: Prepared,
+    ) -> Result<WasmProvider, LoadError> {
         let fail = |reason: String| LoadError {
             provider: config.name.clone(),
             path: config.component.clone(),
             reason,
         };
-        let bytes = std::fs::read(&config.component).map_err(|e| fail(format!("reading: {e}")))?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        let component = compile(&runtime.engine, bytes).await.map_err(fail)?;
+        let Prepared {
+            bytes,
+            origin,
+            settings,
+            secrets,
+        } = prepared;
+        let (component, cached) = runtime
+            .cache
+            .get_or_compile(&runtime.engine, &origin.sha256, bytes)
+            .await
+            .map_err(fail)?;
+        tracing::debug!(provider = %config.name, sha256 = %origin.sha256, cached, "component compiled");
         let pre = runtime
             .linker
             .instantiate_pre(&component)
             .and_then(ProviderPre::new)
             .map_err(|e| fail(format!("does not fit the kmsgate:provider world: {e}")))?;
-
-        let settings = config.resolve_settings().map_err(|e| fail(e.to_string()))?;
-        let secrets = config.resolve_secrets().map_err(|e| fail(e.to_string()))?;
         let outbound = OutboundSettings::from_config(&config.outbound, secrets)
             .and_then(OutboundClient::new)
             .map_err(fail)?;
@@ -149,7 +228,7 @@ impl WasmProvider {
             memory_cap: (limits.memory_mib << 20) as usize,
             cpu_budget: Duration::from_millis(limits.cpu_ms),
             call_timeout: Duration::from_millis(limits.call_timeout_ms),
-            sha256,
+            origin,
         };
         match provider.init().await {
             Ok(()) => {}
@@ -165,9 +244,9 @@ impl WasmProvider {
         &self.name
     }
 
-    /// The hex SHA-256 of the component file that is serving.
-    pub fn sha256(&self) -> &str {
-        &self.sha256
+    /// Where this version came from (component file, digest, fingerprint).
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     async fn init(&self) -> Result<(), ProviderError> {
@@ -245,15 +324,6 @@ impl WasmProvider {
                 self.call_timeout.as_millis() as u64,
             )))
     }
-}
-
-/// Compiling is CPU-heavy (hundreds of ms): keep it off the async workers.
-async fn compile(engine: &Engine, bytes: Vec<u8>) -> Result<Component, String> {
-    let engine = engine.clone();
-    tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-        .await
-        .map_err(|e| format!("compiling: {e}"))?
-        .map_err(|e| format!("not a valid component: {e}"))
 }
 
 #[async_trait]

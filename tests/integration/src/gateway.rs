@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use base64::Engine as _;
-use kmsgate::client::{self, V1beta1Client, V2Client};
+use kmsgate::client::{self, AdminClient, V1beta1Client, V2Client};
 use kmsgate::config::Config;
+use kmsgate::proto::admin::{ProviderInfo, ProvidersRequest, ReloadRequest, ReloadResponse};
 use kmsgate::server::{self, ServeError};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -24,6 +25,7 @@ pub struct ProviderSpec {
     secrets: Vec<(String, String)>,
     outbound: Table,
     limits: Table,
+    sha256: Option<String>,
 }
 
 impl ProviderSpec {
@@ -36,12 +38,13 @@ impl ProviderSpec {
             secrets: Vec::new(),
             outbound: Table::new(),
             limits: Table::new(),
+            sha256: None,
         }
     }
 
-    /// `local-aes` with key id `key_id` and a key derived from `seed`.
+    /// `local-aes` with key id `key_id` and the key [`local_aes_key`]`(seed)`.
     pub fn local_aes(name: &str, key_id: &str, seed: u8) -> Self {
-        let key = base64::engine::general_purpose::STANDARD.encode([seed; 32]);
+        let key = local_aes_key(seed);
         ProviderSpec::new(name, "local_aes")
             .setting("key-id", key_id)
             .setting("key", &key)
@@ -55,6 +58,19 @@ impl ProviderSpec {
             .setting("key", key)
             .secret("token", &bao.token)
             .allow(&bao.address)
+    }
+
+    /// Runs the component at `path` instead of a built one (tests that
+    /// replace the file to hot-swap it).
+    pub fn component_path(mut self, path: &Path) -> Self {
+        self.component = path.to_owned();
+        self
+    }
+
+    /// Pins the component's SHA-256.
+    pub fn sha256(mut self, pin: &str) -> Self {
+        self.sha256 = Some(pin.into());
+        self
     }
 
     pub fn setting(mut self, key: &str, value: &str) -> Self {
@@ -100,6 +116,9 @@ impl ProviderSpec {
             "component".into(),
             self.component.display().to_string().into(),
         );
+        if let Some(pin) = &self.sha256 {
+            table.insert("sha256".into(), pin.clone().into());
+        }
         table.insert("settings".into(), Value::Table(self.settings.clone()));
         let mut secrets = Table::new();
         for (name, value) in &self.secrets {
@@ -116,11 +135,18 @@ impl ProviderSpec {
     }
 }
 
+/// A local-aes key (base64) made from `seed`: tests only.
+pub fn local_aes_key(seed: u8) -> String {
+    base64::engine::general_purpose::STANDARD.encode([seed; 32])
+}
+
 /// Builds a config and runs the daemon on it.
+#[derive(Clone)]
 pub struct TestGateway {
     providers: Vec<ProviderSpec>,
     primary: Option<String>,
     status_interval_ms: i64,
+    watch: bool,
 }
 
 impl Default for TestGateway {
@@ -135,6 +161,7 @@ impl TestGateway {
             providers: Vec::new(),
             primary: None,
             status_interval_ms: 10_000,
+            watch: false,
         }
     }
 
@@ -148,6 +175,13 @@ impl TestGateway {
         self
     }
 
+    /// Reload on file changes (off by default in tests, so that only the
+    /// tests about it see reloads they did not ask for).
+    pub fn watch(mut self, watch: bool) -> Self {
+        self.watch = watch;
+        self
+    }
+
     pub fn status_interval_ms(mut self, ms: i64) -> Self {
         self.status_interval_ms = ms;
         self
@@ -157,29 +191,38 @@ impl TestGateway {
     /// and the config path.
     pub fn write_config(&self) -> (TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kmsgate.toml");
+        self.write_config_to(&path);
+        (dir, path)
+    }
+
+    /// Writes the config to `path` atomically (a watcher never sees half a
+    /// file); secret files go beside it.
+    pub fn write_config_to(&self, path: &Path) {
+        let dir = path.parent().expect("config directory");
         let mut root = Table::new();
         root.insert(
             "socket".into(),
-            dir.path().join("kms.sock").display().to_string().into(),
+            dir.join("kms.sock").display().to_string().into(),
         );
         root.insert(
             "status_interval_ms".into(),
             Value::Integer(self.status_interval_ms),
         );
         root.insert("shutdown_grace_ms".into(), Value::Integer(5_000));
+        root.insert("watch".into(), Value::Boolean(self.watch));
+        root.insert("reload_debounce_ms".into(), Value::Integer(100));
         if let Some(primary) = &self.primary {
             root.insert("primary".into(), primary.clone().into());
         }
         let providers = self
             .providers
             .iter()
-            .map(|p| Value::Table(p.to_toml(dir.path())))
+            .map(|p| Value::Table(p.to_toml(dir)))
             .collect();
         root.insert("providers".into(), Value::Array(providers));
-        let path = dir.path().join("kmsgate.toml");
-        std::fs::write(&path, toml::to_string(&root).expect("serializing config"))
-            .expect("writing config");
-        (dir, path)
+        let text = toml::to_string(&root).expect("serializing config");
+        crate::write_atomically(path, text.as_bytes());
     }
 
     /// Runs `kmsgate::server::run` in this process. Returns once the socket
@@ -197,6 +240,7 @@ impl TestGateway {
         }));
         RunningGateway {
             socket: socket_path,
+            config_path: path,
             dir,
             stop: Some(stop),
             server,
@@ -229,6 +273,7 @@ impl TestGateway {
 /// A daemon serving in this process.
 pub struct RunningGateway {
     pub socket: PathBuf,
+    pub config_path: PathBuf,
     pub dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), ServeError>>,
@@ -245,6 +290,43 @@ impl RunningGateway {
         client::v1beta1(&self.socket)
             .await
             .expect("connecting to the test daemon")
+    }
+
+    pub async fn admin(&self) -> AdminClient {
+        client::admin(&self.socket)
+            .await
+            .expect("connecting to the test daemon")
+    }
+
+    /// Replaces the daemon's config file with `next`'s (no reload by itself,
+    /// unless the daemon watches files).
+    pub fn rewrite_config(&self, next: &TestGateway) {
+        next.write_config_to(&self.config_path);
+    }
+
+    /// Asks the daemon to reload; returns its report.
+    pub async fn reload(&self) -> ReloadResponse {
+        self.admin()
+            .await
+            .reload(ReloadRequest {})
+            .await
+            .expect("Reload")
+            .into_inner()
+    }
+
+    /// The admin view of provider `name`.
+    pub async fn provider(&self, name: &str) -> ProviderInfo {
+        let view = self
+            .admin()
+            .await
+            .providers(ProvidersRequest {})
+            .await
+            .expect("Providers")
+            .into_inner();
+        view.providers
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no provider {name}"))
     }
 
     /// Signals shutdown and returns what `run` returned.

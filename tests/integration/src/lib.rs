@@ -37,6 +37,40 @@ pub fn component(name: &str) -> PathBuf {
     path
 }
 
+/// A distinct version of a built component: the same code with a custom
+/// section naming `version` appended, so its SHA-256 differs.
+pub fn component_version(name: &str, version: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(component(name)).expect("reading a component");
+    let section_name = b"kmsgate-test-version";
+    let mut payload = vec![section_name.len() as u8];
+    payload.extend_from_slice(section_name);
+    payload.extend_from_slice(&version.to_le_bytes());
+    bytes.push(0); // custom section id
+    push_leb128(&mut bytes, payload.len() as u32);
+    bytes.extend(payload);
+    bytes
+}
+
+fn push_leb128(out: &mut Vec<u8>, mut value: u32) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Writes a temporary file beside `path`, then renames it over `path`: how
+/// operators (and config management) replace files.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) {
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, bytes).expect("writing a staging file");
+    std::fs::rename(&staging, path).expect("renaming into place");
+}
+
 /// The `kmsgate` binary, for tests that run the daemon as a process.
 pub fn daemon_binary() -> PathBuf {
     let path = workspace_root().join("target/release/kmsgate");

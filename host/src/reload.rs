@@ -1,0 +1,297 @@
+//! Hot swap: re-read the config, and for every provider whose component,
+//! settings or secrets changed, build the new version beside the old one,
+//! prove it with a canary, then switch atomically. One code path for every
+//! trigger (a file change, SIGHUP, `kmsgate reload`).
+//!
+//! The canary, in order: the new version's status is healthy with a valid
+//! key id; it round-trips a random probe; and it decrypts, to the same
+//! plaintext digest, a recent ciphertext of every key id the old version
+//! served (plus a probe the old version encrypts just before the swap). So
+//! a swap can never strand data. On any failure the old version keeps
+//! serving, and the reason is logged, counted and shown by
+//! `kmsgate providers`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::kms::KmsProvider;
+use crate::limits;
+use crate::secret::Plaintext;
+use crate::slot::{Health, Sample, Serving, Slot, check_provider_key_id};
+use crate::wasm::{Prepared, Runtime, WasmProvider};
+
+/// The uid the canary's calls carry in logs.
+const CANARY_UID: &str = "kmsgate-canary";
+
+/// What one reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Providers now serving a new version (or newly added).
+    pub swapped: Vec<String>,
+    /// Providers whose new version was refused, with why; the old version
+    /// keeps serving.
+    pub refused: Vec<(String, String)>,
+    /// Why the reload as a whole failed (nothing changed).
+    pub error: Option<String>,
+}
+
+impl ReloadReport {
+    pub fn failed(&self) -> bool {
+        self.error.is_some() || !self.refused.is_empty()
+    }
+
+    /// One line for operators: what went wrong, or empty.
+    pub fn problems(&self) -> String {
+        let mut parts: Vec<String> = self.error.iter().cloned().collect();
+        parts.extend(
+            self.refused
+                .iter()
+                .map(|(name, why)| format!("provider {name}: {why}")),
+        );
+        parts.join("; ")
+    }
+}
+
+/// Counters and the last failure, for operators and metrics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub reloads_total: AtomicU64,
+    pub failures_total: AtomicU64,
+    last_error: RwLock<Option<String>>,
+}
+
+impl ReloadStats {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.read().expect("stats lock poisoned").clone()
+    }
+}
+
+pub struct Reloader {
+    runtime: Runtime,
+    gateway: Arc<Gateway>,
+    /// The config in force; the mutex also serialises reloads.
+    current: tokio::sync::Mutex<Config>,
+    pub stats: ReloadStats,
+}
+
+impl Reloader {
+    pub fn new(config: Config, runtime: Runtime, gateway: Arc<Gateway>) -> Reloader {
+        Reloader {
+            runtime,
+            gateway,
+            current: tokio::sync::Mutex::new(config),
+            stats: ReloadStats::default(),
+        }
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// The files whose change should trigger a reload: the config file,
+    /// every component, and every file a setting or secret reads.
+    pub async fn watched_files(&self) -> Vec<PathBuf> {
+        self.current.lock().await.watched_files()
+    }
+
+    /// Re-reads the config file and swaps what changed. `trigger` is for
+    /// the log.
+    pub async fn reload(&self, trigger: &str) -> ReloadReport {
+        let mut current = self.current.lock().await;
+        tracing::info!(trigger, "reload started");
+        let report = self.reload_locked(&mut current).await;
+        self.stats.reloads_total.fetch_add(1, Ordering::Relaxed);
+        let problems = report.problems();
+        if report.failed() {
+            self.stats.failures_total.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(trigger, swapped = ?report.swapped, "reload refused, previous versions keep serving: {problems}");
+            *self.stats.last_error.write().expect("stats lock poisoned") = Some(problems);
+        } else {
+            tracing::info!(trigger, swapped = ?report.swapped, "reload done");
+            *self.stats.last_error.write().expect("stats lock poisoned") = None;
+        }
+        report
+    }
+
+    async fn reload_locked(&self, current: &mut Config) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let Some(path) = current.path.clone() else {
+            report.error = Some("the daemon was not started from a config file".into());
+            return report;
+        };
+        let next = match Config::load(&path) {
+            Ok(next) => next,
+            Err(error) => {
+                report.error = Some(error.to_string());
+                return report;
+            }
+        };
+        if let Err(why) = current.reloadable_to(&next) {
+            report.error = Some(why);
+            return report;
+        }
+
+        for config in &next.providers {
+            let result = match self.gateway.slot(&config.name) {
+                Some(slot) => self.swap(&slot, config).await,
+                None => self.add(config).await,
+            };
+            match result {
+                Ok(true) => report.swapped.push(config.name.clone()),
+                Ok(false) => {}
+                Err(why) => {
+                    if let Some(slot) = self.gateway.slot(&config.name) {
+                        slot.set_reload_error(Some(why.clone()));
+                    }
+                    report.refused.push((config.name.clone(), why));
+                }
+            }
+        }
+
+        let primary = next.primary_name().expect("validated config has a primary");
+        if self.gateway.primary().name() != primary {
+            if self.gateway.set_primary(primary) {
+                tracing::info!(primary, "primary provider changed");
+            } else {
+                report.refused.push((
+                    primary.to_string(),
+                    "cannot become primary: it failed to load".into(),
+                ));
+            }
+        }
+        *current = next;
+        report
+    }
+
+    /// Swaps `slot` to the provider `config` describes, if anything changed.
+    async fn swap(
+        &self,
+        slot: &Slot,
+        config: &crate::config::ProviderConfig,
+    ) -> Result<bool, String> {
+        let prepared = Prepared::read(config).map_err(|e| e.reason)?;
+        if prepared.origin().fingerprint == slot.serving().origin.fingerprint {
+            return Ok(false);
+        }
+        let origin = prepared.origin().clone();
+        let candidate = WasmProvider::build(&self.runtime, config, prepared)
+            .await
+            .map_err(|e| e.reason)?;
+        // A fresh sample from the version serving now, so the canary checks
+        // it even when no traffic has flowed yet.
+        let mut probe = [0u8; 32];
+        getrandom::fill(&mut probe).map_err(|e| format!("no randomness for the canary: {e}"))?;
+        if let Err(error) = slot
+            .encrypt(CANARY_UID, &Plaintext::new(probe.to_vec()))
+            .await
+        {
+            tracing::warn!(provider = %slot.name(), "the serving version could not encrypt a canary probe: {error}");
+        }
+        let health = canary(slot.name(), &candidate, &slot.samples()).await?;
+        slot.swap(serving(candidate, origin), health);
+        tracing::info!(provider = %slot.name(), sha256 = %slot.serving().origin.sha256, generation = slot.serving().generation, "provider swapped");
+        Ok(true)
+    }
+
+    async fn add(&self, config: &crate::config::ProviderConfig) -> Result<bool, String> {
+        let prepared = Prepared::read(config).map_err(|e| e.reason)?;
+        let origin = prepared.origin().clone();
+        let candidate = WasmProvider::build(&self.runtime, config, prepared)
+            .await
+            .map_err(|e| e.reason)?;
+        let health = canary(&config.name, &candidate, &[]).await?;
+        let slot = Slot::new(config.name.clone(), serving(candidate, origin));
+        slot.swap_health(health);
+        self.gateway.add(slot);
+        tracing::info!(provider = %config.name, "provider added");
+        Ok(true)
+    }
+}
+
+fn serving(provider: WasmProvider, origin: crate::slot::Origin) -> Serving {
+    Serving {
+        provider: Arc::new(provider),
+        origin,
+        loaded_at: SystemTime::now(),
+        generation: 0,
+    }
+}
+
+/// Proves `candidate` can take over from a version that produced `samples`.
+/// Returns the health it saw, to serve from the moment of the swap.
+pub async fn canary(
+    name: &str,
+    candidate: &dyn KmsProvider,
+    samples: &[Sample],
+) -> Result<Health, String> {
+    let status = candidate
+        .status()
+        .await
+        .map_err(|e| format!("canary: status failed: {e}"))?;
+    check_provider_key_id(name, &status.key_id).map_err(|e| format!("canary: {e}"))?;
+    if !status.healthy {
+        return Err(format!("canary: status is unhealthy: {}", status.detail));
+    }
+
+    let mut probe = [0u8; 32];
+    getrandom::fill(&mut probe).map_err(|e| format!("no randomness for the canary: {e}"))?;
+    let probe = Plaintext::new(probe.to_vec());
+    let sealed = candidate
+        .encrypt(CANARY_UID, &status.key_id, &probe)
+        .await
+        .map_err(|e| format!("canary: encrypt failed: {e}"))?;
+    if sealed.key_id != status.key_id {
+        return Err(format!(
+            "canary: encrypt used key id {:?}, status says {:?}",
+            sealed.key_id, status.key_id
+        ));
+    }
+    limits::check_ciphertext(&sealed.ciphertext).map_err(|e| format!("canary: {e}"))?;
+    limits::check_annotations(&sealed.annotations).map_err(|e| format!("canary: {e}"))?;
+    let opened = candidate
+        .decrypt(
+            CANARY_UID,
+            &sealed.key_id,
+            &sealed.ciphertext,
+            &sealed.annotations,
+        )
+        .await
+        .map_err(|e| format!("canary: decrypting its own ciphertext failed: {e}"))?;
+    if opened != probe {
+        return Err("canary: its own ciphertext decrypted to different bytes".into());
+    }
+
+    for sample in samples {
+        let opened = candidate
+            .decrypt(
+                CANARY_UID,
+                &sample.key_id,
+                &sample.ciphertext,
+                &sample.annotations,
+            )
+            .await
+            .map_err(|e| {
+                format!(
+                    "canary: cannot decrypt a recent ciphertext of key id {:?}: {e}",
+                    sample.key_id
+                )
+            })?;
+        if <[u8; 32]>::from(Sha256::digest(opened.as_bytes())) != sample.plaintext_sha256 {
+            return Err(format!(
+                "canary: a recent ciphertext of key id {:?} decrypts to different bytes",
+                sample.key_id
+            ));
+        }
+    }
+    Ok(Health {
+        key_id: Some(status.key_id),
+        healthy: true,
+        detail: status.detail,
+    })
+}

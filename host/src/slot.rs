@@ -1,0 +1,287 @@
+//! One provider inside the gateway: the version serving now (swappable),
+//! its cached health, and a few recent ciphertexts the next version must
+//! still decrypt.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::error::{Action, KmsError, ProviderError};
+use crate::kms::KmsProvider;
+use crate::limits::{self, Annotations};
+use crate::secret::Plaintext;
+
+/// Where a serving version came from, for operators and for deciding
+/// whether a reload changes anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub component: PathBuf,
+    /// Hex SHA-256 of the component file.
+    pub sha256: String,
+    /// Changes whenever the component, settings, secrets or limits change.
+    pub fingerprint: String,
+}
+
+/// The version of a provider that serves calls now.
+#[derive(Clone)]
+pub struct Serving {
+    pub provider: Arc<dyn KmsProvider>,
+    pub origin: Origin,
+    pub loaded_at: SystemTime,
+    /// 1 at start, +1 per successful swap.
+    pub generation: u64,
+}
+
+/// The last known state of one provider's backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The provider's own key id, once it has reported one. Kept through
+    /// outages, so Decrypt routing and the apiserver's view stay stable.
+    pub key_id: Option<String>,
+    pub healthy: bool,
+    /// For operators; never contains secrets.
+    pub detail: String,
+}
+
+/// A ciphertext this provider returned recently, with a digest of its
+/// plaintext (never the plaintext itself), so a swap canary can check that
+/// the next version decrypts it to the same bytes.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub key_id: String,
+    pub ciphertext: Vec<u8>,
+    pub annotations: Annotations,
+    pub plaintext_sha256: [u8; 32],
+}
+
+/// How many distinct key ids keep a sample (one each, newest wins).
+const MAX_SAMPLES: usize = 16;
+
+pub struct Slot {
+    name: String,
+    serving: RwLock<Serving>,
+    health: RwLock<Health>,
+    /// Wakes the refresher early, after a call saw the backend unavailable.
+    pub(crate) refresh_now: Notify,
+    samples: Mutex<VecDeque<Sample>>,
+    last_reload_error: RwLock<Option<String>>,
+}
+
+impl Slot {
+    pub fn new(name: String, serving: Serving) -> Slot {
+        Slot {
+            name,
+            serving: RwLock::new(serving),
+            health: RwLock::new(Health {
+                key_id: None,
+                healthy: false,
+                detail: "status not yet checked".into(),
+            }),
+            refresh_now: Notify::new(),
+            samples: Mutex::new(VecDeque::new()),
+            last_reload_error: RwLock::new(None),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.read().expect("health lock poisoned").clone()
+    }
+
+    pub fn serving(&self) -> Serving {
+        self.serving.read().expect("serving lock poisoned").clone()
+    }
+
+    /// The provider serving now. Calls keep their `Arc`, so a swap never
+    /// disturbs a call in flight: it finishes on the version it started on.
+    pub fn provider(&self) -> Arc<dyn KmsProvider> {
+        self.serving
+            .read()
+            .expect("serving lock poisoned")
+            .provider
+            .clone()
+    }
+
+    /// Makes `next` the serving version, with the health its canary saw.
+    pub fn swap(&self, mut next: Serving, health: Health) {
+        let mut serving = self.serving.write().expect("serving lock poisoned");
+        next.generation = serving.generation + 1;
+        *serving = next;
+        drop(serving);
+        *self.health.write().expect("health lock poisoned") = health;
+        self.set_reload_error(None);
+    }
+
+    /// Sets the health a canary saw, before the slot serves.
+    pub fn swap_health(&self, health: Health) {
+        *self.health.write().expect("health lock poisoned") = health;
+    }
+
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_reload_error
+            .read()
+            .expect("reload error lock poisoned")
+            .clone()
+    }
+
+    pub fn set_reload_error(&self, error: Option<String>) {
+        *self
+            .last_reload_error
+            .write()
+            .expect("reload error lock poisoned") = error;
+    }
+
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .expect("samples lock poisoned")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn record_sample(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+        annotations: &Annotations,
+        plaintext: &Plaintext,
+    ) {
+        let sample = Sample {
+            key_id: key_id.to_owned(),
+            ciphertext: ciphertext.to_vec(),
+            annotations: annotations.clone(),
+            plaintext_sha256: Sha256::digest(plaintext.as_bytes()).into(),
+        };
+        let mut samples = self.samples.lock().expect("samples lock poisoned");
+        samples.retain(|s| s.key_id != sample.key_id);
+        samples.push_back(sample);
+        if samples.len() > MAX_SAMPLES {
+            samples.pop_front();
+        }
+    }
+
+    /// Asks the provider for its status once and records the answer.
+    pub async fn refresh(&self) {
+        let provider = self.provider();
+        let result = provider.status().await.and_then(|status| {
+            check_provider_key_id(&self.name, &status.key_id)?;
+            Ok(status)
+        });
+        let previous = self.health();
+        let next = match result {
+            Ok(status) => Health {
+                key_id: Some(status.key_id),
+                healthy: status.healthy,
+                detail: status.detail,
+            },
+            Err(error) => Health {
+                key_id: previous.key_id.clone(),
+                healthy: false,
+                detail: format!("status failed: {error}"),
+            },
+        };
+        if next.key_id != previous.key_id && previous.key_id.is_some() {
+            tracing::info!(provider = %self.name, old = ?previous.key_id, new = ?next.key_id, "key id changed (rotation)");
+        }
+        if next.healthy != previous.healthy {
+            if next.healthy {
+                tracing::info!(provider = %self.name, "provider healthy: {}", next.detail);
+            } else {
+                tracing::warn!(provider = %self.name, "provider unhealthy: {}", next.detail);
+            }
+        }
+        *self.health.write().expect("health lock poisoned") = next;
+    }
+
+    /// Encrypts under the last key id from status, and holds the provider to
+    /// the apiserver's limits.
+    pub async fn encrypt(
+        &self,
+        uid: &str,
+        plaintext: &Plaintext,
+    ) -> Result<crate::kms::Encrypted, KmsError> {
+        let health = self.health();
+        let key_id = health.key_id.ok_or_else(|| KmsError::NotReady {
+            provider: self.name.clone(),
+            reason: health.detail,
+        })?;
+        let encrypted = self
+            .provider()
+            .encrypt(uid, &key_id, plaintext)
+            .await
+            .map_err(|e| self.error(Action::Encrypt, e))?;
+        let contract =
+            |message: String| self.error(Action::Encrypt, ProviderError::Contract(message));
+        if encrypted.key_id != key_id {
+            return Err(contract(format!(
+                "encrypted with key id {:?}, asked for {key_id:?}",
+                encrypted.key_id
+            )));
+        }
+        limits::check_ciphertext(&encrypted.ciphertext).map_err(contract)?;
+        limits::check_annotations(&encrypted.annotations).map_err(contract)?;
+        self.record_sample(
+            &key_id,
+            &encrypted.ciphertext,
+            &encrypted.annotations,
+            plaintext,
+        );
+        Ok(encrypted)
+    }
+
+    pub async fn decrypt(
+        &self,
+        uid: &str,
+        key_id: &str,
+        ciphertext: &[u8],
+        annotations: &Annotations,
+    ) -> Result<Plaintext, KmsError> {
+        self.provider()
+            .decrypt(uid, key_id, ciphertext, annotations)
+            .await
+            .map_err(|e| self.error(Action::Decrypt, e))
+    }
+
+    /// Marks the backend down at once (without waiting for the next poll)
+    /// and asks the refresher to check again.
+    fn saw_unavailable(&self, error: &ProviderError) {
+        if let ProviderError::Unavailable(_) = error {
+            let mut health = self.health.write().expect("health lock poisoned");
+            if health.healthy {
+                tracing::warn!(provider = %self.name, "provider unhealthy: {error}");
+            }
+            health.healthy = false;
+            health.detail = error.to_string();
+            drop(health);
+            self.refresh_now.notify_one();
+        }
+    }
+
+    fn error(&self, action: Action, error: ProviderError) -> KmsError {
+        self.saw_unavailable(&error);
+        KmsError::Provider {
+            provider: self.name.clone(),
+            action,
+            error,
+        }
+    }
+}
+
+/// A provider's own key id must be non-empty and leave room for the prefix.
+pub fn check_provider_key_id(provider: &str, key_id: &str) -> Result<(), ProviderError> {
+    if key_id.is_empty() {
+        return Err(ProviderError::Contract(
+            "status reported an empty key id".into(),
+        ));
+    }
+    limits::check_key_id(&crate::gateway::namespaced(provider, key_id))
+        .map_err(ProviderError::Contract)
+}
