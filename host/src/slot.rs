@@ -244,10 +244,18 @@ impl Slot {
         ciphertext: &[u8],
         annotations: &Annotations,
     ) -> Result<Plaintext, KmsError> {
-        self.provider()
+        let plaintext = self
+            .provider()
             .decrypt(uid, key_id, ciphertext, annotations)
             .await
-            .map_err(|e| self.error(Action::Decrypt, e))
+            .map_err(|e| self.error(Action::Decrypt, e))?;
+        limits::check_plaintext(plaintext.as_bytes()).map_err(|e| {
+            self.error(
+                Action::Decrypt,
+                ProviderError::Contract(format!("decrypt returned a {e}")),
+            )
+        })?;
+        Ok(plaintext)
     }
 
     /// Marks the backend down at once (without waiting for the next poll)

@@ -167,6 +167,79 @@ async fn traps_do_not_disturb_concurrent_calls_to_other_providers() {
     }
 }
 
+#[tokio::test]
+async fn escaping_provider_finds_no_files_env_sockets_or_hosts() {
+    let gateway = gateway_with(
+        "escaping",
+        ProviderSpec::new("escaping", "fixture_escaping"),
+    )
+    .await;
+    let mut client = gateway.v2().await;
+    let status = client.encrypt(encrypt(b"dek")).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status
+            .message()
+            .contains("refused: filesystem, environment, arguments, sockets, http"),
+        "{}",
+        status.message()
+    );
+    assert_good_provider_still_serves(&mut client).await;
+}
+
+#[tokio::test]
+async fn huge_output_is_refused_at_the_gateway() {
+    let gateway = gateway_with(
+        "huge-output",
+        ProviderSpec::new("huge-output", "fixture_huge_output"),
+    )
+    .await;
+    let mut client = gateway.v2().await;
+    let status = client.encrypt(encrypt(b"dek")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert!(
+        status.message().contains("33554432 bytes"),
+        "{}",
+        status.message()
+    );
+    let request = v2::DecryptRequest {
+        ciphertext: vec![1],
+        uid: "u".into(),
+        key_id: "huge-output/h1".into(),
+        annotations: HashMap::new(),
+    };
+    let status = client.decrypt(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert!(
+        status
+            .message()
+            .contains("decrypt returned a plaintext is 33554432 bytes"),
+        "{}",
+        status.message()
+    );
+    assert_good_provider_still_serves(&mut client).await;
+}
+
+#[tokio::test]
+async fn a_component_of_another_world_is_refused_at_load() {
+    let spec = ProviderSpec::new("wrong-world", "fixture_wrong_world");
+    let error = gateway_with("good", spec)
+        .await
+        .exit()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("does not fit the kmsgate:provider world"),
+        "{error}"
+    );
+}
+
 #[test]
 fn every_fixture_is_used() {
     let root = workspace_root();
