@@ -258,6 +258,29 @@ impl WasmProvider {
         .await
     }
 
+    /// Benchmark hook for the instance model kmsgate does *not* use: `count`
+    /// encrypts in one instance, reused. It is faster per call, but state
+    /// and a trap's aftermath would carry from one call to the next, and
+    /// concurrent calls would queue on the instance. `benches/` measures
+    /// both models with it.
+    #[doc(hidden)]
+    pub async fn encrypt_reusing_one_instance(
+        &self,
+        key_id: &str,
+        plaintext: &Plaintext,
+        count: usize,
+    ) -> Result<(), ProviderError> {
+        let (mut store, provider) = self.instantiate().await?;
+        for _ in 0..count {
+            let result = provider
+                .kmsgate_provider_kms()
+                .call_encrypt(&mut store, "bench", key_id, plaintext.as_bytes())
+                .await;
+            let _: Encrypted = self.finish(&store, result)?;
+        }
+        Ok(())
+    }
+
     /// A fresh store, limited and with its CPU budget armed, and an instance
     /// in it.
     async fn instantiate(&self) -> Result<(Store<HostState>, Provider), ProviderError> {

@@ -147,6 +147,7 @@ pub struct TestGateway {
     primary: Option<String>,
     status_interval_ms: i64,
     watch: bool,
+    reload_debounce_ms: i64,
 }
 
 impl Default for TestGateway {
@@ -162,6 +163,7 @@ impl TestGateway {
             primary: None,
             status_interval_ms: 10_000,
             watch: false,
+            reload_debounce_ms: 100,
         }
     }
 
@@ -179,6 +181,11 @@ impl TestGateway {
     /// tests about it see reloads they did not ask for).
     pub fn watch(mut self, watch: bool) -> Self {
         self.watch = watch;
+        self
+    }
+
+    pub fn reload_debounce_ms(mut self, ms: i64) -> Self {
+        self.reload_debounce_ms = ms;
         self
     }
 
@@ -211,7 +218,10 @@ impl TestGateway {
         );
         root.insert("shutdown_grace_ms".into(), Value::Integer(5_000));
         root.insert("watch".into(), Value::Boolean(self.watch));
-        root.insert("reload_debounce_ms".into(), Value::Integer(100));
+        root.insert(
+            "reload_debounce_ms".into(),
+            Value::Integer(self.reload_debounce_ms),
+        );
         if let Some(primary) = &self.primary {
             root.insert("primary".into(), primary.clone().into());
         }
