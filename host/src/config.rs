@@ -49,11 +49,45 @@ pub struct Config {
     /// Default 300.
     #[serde(default = "default_reload_debounce_ms")]
     pub reload_debounce_ms: u64,
+    /// The admin HTTP server: probes, metrics, the providers view.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The providers, each a WebAssembly component.
     pub providers: Vec<ProviderConfig>,
     /// The file this config was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve `/livez`, `/readyz`, `/metrics` and `/providers`. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address to listen on. Default "127.0.0.1:9474": loopback only, so
+    /// probes use `host: 127.0.0.1` with `hostNetwork`. A non-loopback
+    /// address exposes the read-only endpoints to the network.
+    #[serde(default = "default_admin_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Also serve `POST /reload`. Default false; allowed only on a loopback
+    /// `listen` address.
+    #[serde(default)]
+    pub allow_reload: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: default_admin_listen(),
+            allow_reload: false,
+        }
+    }
+}
+
+fn default_admin_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9474))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -319,6 +353,12 @@ impl Config {
         self.socket_mode()?;
         if self.status_interval_ms < 100 {
             return Err(Problem::new("status_interval_ms", "must be at least 100"));
+        }
+        if self.admin.allow_reload && !self.admin.listen.ip().is_loopback() {
+            return Err(Problem::new(
+                "admin.allow_reload",
+                "POST /reload is only served on a loopback admin.listen address",
+            ));
         }
         if self.providers.is_empty() {
             return Err(Problem::new("providers", "at least one provider is needed"));
@@ -600,8 +640,16 @@ mod tests {
     #[case::socket_mode_too_big("socket_mode = \"1777\"", "socket_mode")]
     #[case::tiny_status_interval("status_interval_ms = 5", "status_interval_ms")]
     #[case::unknown_primary("primary = \"vault\"", "primary")]
+    #[case::remote_reload(
+        "[admin]\nlisten = \"0.0.0.0:9474\"\nallow_reload = true",
+        "admin.allow_reload"
+    )]
     fn top_level_problems_name_the_field(#[case] line: &str, #[case] field: &str) {
-        let text = format!("{line}\n{MINIMAL}");
+        let text = if line.starts_with('[') {
+            format!("{MINIMAL}\n{line}")
+        } else {
+            format!("{line}\n{MINIMAL}")
+        };
         let problem = Config::parse(&text).unwrap().validate().unwrap_err();
         assert_eq!(problem.field, field);
     }

@@ -216,6 +216,15 @@ impl Drop for Gateway {
     }
 }
 
+impl Gateway {
+    /// The loaded provider a namespaced key id routes to, if any: a label
+    /// for logs and metrics that callers cannot invent.
+    pub fn provider_of(&self, key_id: &str) -> Option<String> {
+        let (name, _) = key_id.split_once(KEY_ID_SEPARATOR)?;
+        self.slot(name).map(|slot| slot.name().to_string())
+    }
+}
+
 /// `<provider>/<key id>`: the key id the apiserver sees.
 pub fn namespaced(provider: &str, key_id: &str) -> String {
     format!("{provider}{KEY_ID_SEPARATOR}{key_id}")

@@ -28,7 +28,10 @@
 //! - [`allowlist`] — which hosts a provider may reach.
 //! - [`secret`] — redacting wrappers for plaintext and credentials.
 //! - [`client`] — a client for the socket (CLI and tests).
+//! - [`admin_http`] — /livez, /readyz, /metrics, /providers on loopback.
+//! - [`metrics`] — Prometheus metrics.
 
+pub mod admin_http;
 pub mod allowlist;
 pub mod client;
 pub mod config;
@@ -39,6 +42,7 @@ pub mod grpc;
 pub mod integrity;
 pub mod kms;
 pub mod limits;
+pub mod metrics;
 pub mod outbound;
 pub mod proto;
 pub mod reload;

@@ -16,12 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::kms::KmsProvider;
 use crate::limits;
+use crate::metrics::Metrics;
 use crate::secret::Plaintext;
 use crate::slot::{Health, Sample, Serving, Slot, check_provider_key_id};
 use crate::wasm::{Prepared, Runtime, WasmProvider};
@@ -72,19 +74,52 @@ impl ReloadStats {
     }
 }
 
+/// What serves now, for `kmsgate providers` and the admin HTTP view.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProvidersView {
+    pub providers: Vec<ProviderView>,
+    pub reloads_total: u64,
+    pub reload_failures_total: u64,
+    /// Empty when the last reload succeeded.
+    pub last_reload_error: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderView {
+    pub name: String,
+    pub primary: bool,
+    pub component: String,
+    pub sha256: String,
+    pub loaded_at_unix_ms: u64,
+    pub generation: u64,
+    pub healthy: bool,
+    /// Namespaced; empty until the provider reported one.
+    pub key_id: String,
+    pub detail: String,
+    /// Why the last reload of this provider was refused; empty if it was not.
+    pub last_reload_error: String,
+}
+
 pub struct Reloader {
     runtime: Runtime,
     gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
     /// The config in force; the mutex also serialises reloads.
     current: tokio::sync::Mutex<Config>,
     pub stats: ReloadStats,
 }
 
 impl Reloader {
-    pub fn new(config: Config, runtime: Runtime, gateway: Arc<Gateway>) -> Reloader {
+    pub fn new(
+        config: Config,
+        runtime: Runtime,
+        gateway: Arc<Gateway>,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
         Reloader {
             runtime,
             gateway,
+            metrics,
             current: tokio::sync::Mutex::new(config),
             stats: ReloadStats::default(),
         }
@@ -92,6 +127,45 @@ impl Reloader {
 
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
+    }
+
+    /// What serves now.
+    pub fn view(&self) -> ProvidersView {
+        let primary = self.gateway.primary();
+        let providers = self
+            .gateway
+            .slots()
+            .iter()
+            .map(|slot| {
+                let serving = slot.serving();
+                let health = slot.health();
+                ProviderView {
+                    name: slot.name().to_string(),
+                    primary: slot.name() == primary.name(),
+                    component: serving.origin.component.display().to_string(),
+                    sha256: serving.origin.sha256.clone(),
+                    loaded_at_unix_ms: serving
+                        .loaded_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or_default(),
+                    generation: serving.generation,
+                    healthy: health.healthy,
+                    key_id: health
+                        .key_id
+                        .map(|id| crate::gateway::namespaced(slot.name(), &id))
+                        .unwrap_or_default(),
+                    detail: health.detail,
+                    last_reload_error: slot.last_reload_error().unwrap_or_default(),
+                }
+            })
+            .collect();
+        ProvidersView {
+            providers,
+            reloads_total: self.stats.reloads_total.load(Ordering::Relaxed),
+            reload_failures_total: self.stats.failures_total.load(Ordering::Relaxed),
+            last_reload_error: self.stats.last_error().unwrap_or_default(),
+        }
     }
 
     /// The files whose change should trigger a reload: the config file,
@@ -107,6 +181,7 @@ impl Reloader {
         tracing::info!(trigger, "reload started");
         let report = self.reload_locked(&mut current).await;
         self.stats.reloads_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics.reloaded(!report.failed());
         let problems = report.problems();
         if report.failed() {
             self.stats.failures_total.fetch_add(1, Ordering::Relaxed);

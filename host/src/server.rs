@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
@@ -10,6 +11,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::grpc::{AdminService, V1beta1Service, V2Service};
+use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::slot::{Serving, Slot};
 use crate::socket::BoundSocket;
@@ -23,12 +25,19 @@ pub enum ServeError {
     Load(#[from] LoadError),
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("binding the admin HTTP server on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
-/// Loads every provider in `config`, then serves KMS v2, v1beta1 and the
-/// admin service on `socket` until `shutdown` completes. Reloads on SIGHUP,
-/// `kmsgate reload`, and (with `watch`) file changes. In-flight calls then
-/// get `shutdown_grace_ms` to finish; the socket file is removed on return.
+/// Loads every provider in `config`, then serves KMS v2, v1beta1, gRPC
+/// health and the admin service on `socket`, and the admin HTTP server,
+/// until `shutdown` completes. Reloads on SIGHUP, `kmsgate reload`, and
+/// (with `watch`) file changes. On shutdown, gRPC health turns NOT_SERVING,
+/// then in-flight calls get `shutdown_grace_ms` to finish; the socket file is
+/// removed on return.
 pub async fn run(
     config: Config,
     mut socket: BoundSocket,
@@ -43,7 +52,33 @@ pub async fn run(
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let debounce = Duration::from_millis(config.reload_debounce_ms);
     let watch = config.watch;
-    let reloader = Arc::new(Reloader::new(config, runtime, gateway.clone()));
+    let admin = config.admin.clone();
+    let metrics = Arc::new(Metrics::new());
+    let reloader = Arc::new(Reloader::new(
+        config,
+        runtime,
+        gateway.clone(),
+        metrics.clone(),
+    ));
+    let serving = Arc::new(AtomicBool::new(false));
+    let _admin_http = if admin.enabled {
+        let (addr, task) = crate::admin_http::spawn(
+            admin.listen,
+            admin.allow_reload,
+            reloader.clone(),
+            metrics.clone(),
+            serving.clone(),
+        )
+        .await
+        .map_err(|source| ServeError::Admin {
+            addr: admin.listen,
+            source,
+        })?;
+        tracing::info!(%addr, "admin HTTP serving /livez /readyz /metrics /providers");
+        Some(AbortOnDrop(task))
+    } else {
+        None
+    };
     let _file_watch = if watch {
         match crate::watch::spawn(reloader.clone(), debounce).await {
             Ok(file_watch) => Some(file_watch),
@@ -59,15 +94,32 @@ pub async fn run(
     };
     let _sighup = spawn_sighup_reloads(reloader.clone());
 
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in HEALTH_SERVICES {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let not_serving = serving.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Probes and health checks see the drain before the socket closes.
+        not_serving.store(false, Ordering::Relaxed);
+        for service in HEALTH_SERVICES {
+            health
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
         let _ = stop_tx.send(true);
     });
     let mut stopping = stop_rx.clone();
+    serving.store(true, Ordering::Relaxed);
     let server = tonic::transport::Server::builder()
-        .add_service(V2Service::server(gateway.clone()))
-        .add_service(V1beta1Service::server(gateway.clone()))
+        .add_service(health_service)
+        .add_service(V2Service::server(gateway.clone(), metrics.clone()))
+        .add_service(V1beta1Service::server(gateway.clone(), metrics))
         .add_service(AdminService::server(reloader))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(socket.take_listener()),
@@ -88,6 +140,14 @@ pub async fn run(
     drop(socket);
     Ok(())
 }
+
+/// The names `grpc.health.v1` answers for: the server as a whole, and each
+/// KMS service.
+const HEALTH_SERVICES: [&str; 3] = [
+    "",
+    "v2.KeyManagementService",
+    "v1beta1.KeyManagementService",
+];
 
 /// Loads the providers one after another: there are few, and each compile
 /// already uses every core.

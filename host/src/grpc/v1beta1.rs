@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -8,6 +9,7 @@ use crate::envelope;
 use crate::error::{Action, KmsError, ProviderError};
 use crate::gateway::Gateway;
 use crate::limits::Annotations;
+use crate::metrics::Metrics;
 use crate::proto::v1beta1::key_management_service_server::{
     KeyManagementService, KeyManagementServiceServer,
 };
@@ -21,11 +23,15 @@ use crate::secret::Plaintext;
 /// clusters that still use KMS v1).
 pub struct V1beta1Service {
     gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
 }
 
 impl V1beta1Service {
-    pub fn server(gateway: Arc<Gateway>) -> KeyManagementServiceServer<V1beta1Service> {
-        KeyManagementServiceServer::new(V1beta1Service { gateway })
+    pub fn server(
+        gateway: Arc<Gateway>,
+        metrics: Arc<Metrics>,
+    ) -> KeyManagementServiceServer<V1beta1Service> {
+        KeyManagementServiceServer::new(V1beta1Service { gateway, metrics })
             .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
     }
 }
@@ -63,55 +69,82 @@ impl KeyManagementService for V1beta1Service {
         &self,
         request: Request<EncryptRequest>,
     ) -> Result<Response<EncryptResponse>, Status> {
+        let started = Instant::now();
+        let _in_flight = self.metrics.in_flight();
         let EncryptRequest { version, plain } = request.into_inner();
         check_version(&version)?;
         let plaintext = Plaintext::new(plain);
-        let span = tracing::info_span!("encrypt", api = "v1beta1", bytes = plaintext.len());
-        async {
-            let sealed = self.gateway.encrypt("", &plaintext).await.inspect_err(log_failure)?;
-            if !sealed.annotations.is_empty() {
-                let error = KmsError::Provider {
-                    provider: self.gateway.primary().name().to_string(),
+        let provider = self.gateway.primary().name().to_string();
+        let span =
+            tracing::info_span!("encrypt", api = "v1beta1", %provider, bytes = plaintext.len());
+        let result = self
+            .gateway
+            .encrypt("", &plaintext)
+            .instrument(span.clone())
+            .await
+            .and_then(|sealed| {
+                if sealed.annotations.is_empty() {
+                    return Ok(sealed);
+                }
+                Err(KmsError::Provider {
+                    provider: provider.clone(),
                     action: Action::Encrypt,
                     error: ProviderError::InvalidConfig(
                         "the provider returns annotations, which KMS v1beta1 cannot store; use KMS v2".into(),
                     ),
-                };
-                log_failure(&error);
-                return Err(error.into());
-            }
-            tracing::debug!(key_id = %sealed.key_id, "encrypted");
-            Ok(Response::new(EncryptResponse {
-                cipher: envelope::seal(&sealed.key_id, &sealed.ciphertext),
-            }))
-        }
-        .instrument(span)
-        .await
+                })
+            });
+        self.metrics.observe(
+            "v1beta1",
+            "encrypt",
+            &provider,
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+        let _entered = span.enter();
+        let sealed = result.inspect_err(log_failure)?;
+        tracing::debug!(key_id = %sealed.key_id, "encrypted");
+        Ok(Response::new(EncryptResponse {
+            cipher: envelope::seal(&sealed.key_id, &sealed.ciphertext),
+        }))
     }
 
     async fn decrypt(
         &self,
         request: Request<DecryptRequest>,
     ) -> Result<Response<DecryptResponse>, Status> {
+        let started = Instant::now();
+        let _in_flight = self.metrics.in_flight();
         let DecryptRequest { version, cipher } = request.into_inner();
         check_version(&version)?;
-        let span = tracing::info_span!("decrypt", api = "v1beta1");
-        async {
-            let (key_id, ciphertext) = envelope::open(&cipher)
-                .map_err(KmsError::InvalidRequest)
-                .inspect_err(log_failure)?;
-            tracing::Span::current().record("key_id", key_id);
-            let plaintext = self
-                .gateway
-                .decrypt("", key_id, ciphertext, &Annotations::new())
-                .await
-                .inspect_err(log_failure)?;
-            tracing::debug!(%key_id, "decrypted");
-            Ok(Response::new(DecryptResponse {
-                plain: plaintext.into_vec(),
-            }))
-        }
-        .instrument(span)
-        .await
+        let opened = envelope::open(&cipher).map_err(KmsError::InvalidRequest);
+        let key_id = opened
+            .as_ref()
+            .map(|(key_id, _)| *key_id)
+            .unwrap_or_default();
+        let provider = self.gateway.provider_of(key_id).unwrap_or_default();
+        let span = tracing::info_span!("decrypt", api = "v1beta1", %provider, %key_id);
+        let result = match opened {
+            Ok((key_id, ciphertext)) => {
+                self.gateway
+                    .decrypt("", key_id, ciphertext, &Annotations::new())
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        self.metrics.observe(
+            "v1beta1",
+            "decrypt",
+            &provider,
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+        let _entered = span.enter();
+        let plaintext = result.inspect_err(log_failure)?;
+        tracing::debug!("decrypted");
+        Ok(Response::new(DecryptResponse {
+            plain: plaintext.into_vec(),
+        }))
     }
 }

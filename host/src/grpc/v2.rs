@@ -1,10 +1,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::error::KmsError;
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use crate::proto::v2::key_management_service_server::{
     KeyManagementService, KeyManagementServiceServer,
 };
@@ -16,11 +19,15 @@ use crate::secret::Plaintext;
 /// `v2.KeyManagementService`.
 pub struct V2Service {
     gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
 }
 
 impl V2Service {
-    pub fn server(gateway: Arc<Gateway>) -> KeyManagementServiceServer<V2Service> {
-        KeyManagementServiceServer::new(V2Service { gateway })
+    pub fn server(
+        gateway: Arc<Gateway>,
+        metrics: Arc<Metrics>,
+    ) -> KeyManagementServiceServer<V2Service> {
+        KeyManagementServiceServer::new(V2Service { gateway, metrics })
             .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
     }
 }
@@ -28,7 +35,11 @@ impl V2Service {
 #[tonic::async_trait]
 impl KeyManagementService for V2Service {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let started = Instant::now();
         let status = self.gateway.status();
+        let provider = self.gateway.primary().name().to_string();
+        self.metrics
+            .observe("v2", "status", &provider, Ok(()), started.elapsed());
         Ok(Response::new(StatusResponse {
             version: "v2".into(),
             healthz: status.healthz,
@@ -40,51 +51,68 @@ impl KeyManagementService for V2Service {
         &self,
         request: Request<EncryptRequest>,
     ) -> Result<Response<EncryptResponse>, Status> {
+        let started = Instant::now();
+        let _in_flight = self.metrics.in_flight();
         let EncryptRequest { plaintext, uid } = request.into_inner();
         let plaintext = Plaintext::new(plaintext);
-        let span = tracing::info_span!("encrypt", api = "v2", %uid, bytes = plaintext.len());
-        async {
-            let sealed = self
-                .gateway
-                .encrypt(&uid, &plaintext)
-                .await
-                .inspect_err(log_failure)?;
-            tracing::debug!(key_id = %sealed.key_id, "encrypted");
-            Ok(Response::new(EncryptResponse {
-                ciphertext: sealed.ciphertext,
-                key_id: sealed.key_id,
-                annotations: sealed.annotations.into_iter().collect(),
-            }))
-        }
-        .instrument(span)
-        .await
+        let provider = self.gateway.primary().name().to_string();
+        let span =
+            tracing::info_span!("encrypt", api = "v2", %uid, %provider, bytes = plaintext.len());
+        let result = self
+            .gateway
+            .encrypt(&uid, &plaintext)
+            .instrument(span.clone())
+            .await;
+        self.metrics.observe(
+            "v2",
+            "encrypt",
+            &provider,
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+        let _entered = span.enter();
+        let sealed = result.inspect_err(log_failure)?;
+        tracing::debug!(key_id = %sealed.key_id, "encrypted");
+        Ok(Response::new(EncryptResponse {
+            ciphertext: sealed.ciphertext,
+            key_id: sealed.key_id,
+            annotations: sealed.annotations.into_iter().collect(),
+        }))
     }
 
     async fn decrypt(
         &self,
         request: Request<DecryptRequest>,
     ) -> Result<Response<DecryptResponse>, Status> {
+        let started = Instant::now();
+        let _in_flight = self.metrics.in_flight();
         let DecryptRequest {
             ciphertext,
             uid,
             key_id,
             annotations,
         } = request.into_inner();
-        let span = tracing::info_span!("decrypt", api = "v2", %uid, %key_id);
-        async {
-            let annotations = to_annotations(annotations);
-            let plaintext = self
-                .gateway
-                .decrypt(&uid, &key_id, &ciphertext, &annotations)
-                .await
-                .inspect_err(log_failure)?;
-            tracing::debug!("decrypted");
-            Ok(Response::new(DecryptResponse {
-                plaintext: plaintext.into_vec(),
-            }))
-        }
-        .instrument(span)
-        .await
+        let provider = self.gateway.provider_of(&key_id).unwrap_or_default();
+        let span = tracing::info_span!("decrypt", api = "v2", %uid, %provider, %key_id);
+        let annotations = to_annotations(annotations);
+        let result = self
+            .gateway
+            .decrypt(&uid, &key_id, &ciphertext, &annotations)
+            .instrument(span.clone())
+            .await;
+        self.metrics.observe(
+            "v2",
+            "decrypt",
+            &provider,
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+        let _entered = span.enter();
+        let plaintext = result.inspect_err(log_failure)?;
+        tracing::debug!("decrypted");
+        Ok(Response::new(DecryptResponse {
+            plaintext: plaintext.into_vec(),
+        }))
     }
 }
 
@@ -92,6 +120,6 @@ fn to_annotations(map: HashMap<String, Vec<u8>>) -> crate::limits::Annotations {
     map.into_iter().collect()
 }
 
-pub(super) fn log_failure(error: &crate::error::KmsError) {
+pub(super) fn log_failure(error: &KmsError) {
     tracing::warn!(code = ?error.code(), "{error}");
 }

@@ -26,9 +26,10 @@ pub struct HostState {
     table: ResourceTable,
     shared: Arc<ProviderShared>,
     pub limiter: SandboxLimiter,
-    /// Time spent in host calls (outbound HTTP), so the CPU budget counts
-    /// only the guest's own work.
+    /// Time spent in host calls (outbound HTTP, clocks, sleeps), so the CPU
+    /// budget counts only the guest's own work. Kept by [`HostState::on_call_hook`].
     pub host_time: Duration,
+    host_entered: Option<Instant>,
 }
 
 impl HostState {
@@ -47,6 +48,20 @@ impl HostState {
             shared,
             limiter: SandboxLimiter::new(memory_cap),
             host_time: Duration::ZERO,
+            host_entered: None,
+        }
+    }
+
+    /// Installed with `Store::call_hook`: times every stay in the host.
+    pub fn on_call_hook(&mut self, hook: wasmtime::CallHook) {
+        match hook {
+            wasmtime::CallHook::CallingHost => self.host_entered = Some(Instant::now()),
+            wasmtime::CallHook::ReturningFromHost => {
+                if let Some(entered) = self.host_entered.take() {
+                    self.host_time += entered.elapsed();
+                }
+            }
+            wasmtime::CallHook::CallingWasm | wasmtime::CallHook::ReturningFromWasm => {}
         }
     }
 }
@@ -114,9 +129,7 @@ impl kmsgate::provider::types::Host for HostState {}
 
 impl http::Host for HostState {
     async fn send(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
-        let started = Instant::now();
         let result = self.shared.outbound.send(request.into()).await;
-        self.host_time += started.elapsed();
         result.map(Into::into).map_err(Into::into)
     }
 }

@@ -287,6 +287,10 @@ impl WasmProvider {
         let state = HostState::new(self.shared.clone(), self.memory_cap);
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
+        store.call_hook(|mut context, hook| {
+            context.data_mut().on_call_hook(hook);
+            Ok(())
+        });
         let budget = self.cpu_budget;
         let started = Instant::now();
         store.set_epoch_deadline(1);

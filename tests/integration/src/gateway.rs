@@ -148,6 +148,8 @@ pub struct TestGateway {
     status_interval_ms: i64,
     watch: bool,
     reload_debounce_ms: i64,
+    /// Port of the admin HTTP server; none: off.
+    admin_port: Option<u16>,
 }
 
 impl Default for TestGateway {
@@ -164,6 +166,7 @@ impl TestGateway {
             status_interval_ms: 10_000,
             watch: false,
             reload_debounce_ms: 100,
+            admin_port: None,
         }
     }
 
@@ -181,6 +184,13 @@ impl TestGateway {
     /// tests about it see reloads they did not ask for).
     pub fn watch(mut self, watch: bool) -> Self {
         self.watch = watch;
+        self
+    }
+
+    /// Serves the admin HTTP server on a free loopback port (off by default
+    /// in tests, so parallel tests do not compete for a port).
+    pub fn admin_http(mut self) -> Self {
+        self.admin_port = Some(crate::free_port());
         self
     }
 
@@ -225,6 +235,13 @@ impl TestGateway {
         if let Some(primary) = &self.primary {
             root.insert("primary".into(), primary.clone().into());
         }
+        let mut admin = Table::new();
+        admin.insert("enabled".into(), Value::Boolean(self.admin_port.is_some()));
+        if let Some(port) = self.admin_port {
+            admin.insert("listen".into(), format!("127.0.0.1:{port}").into());
+            admin.insert("allow_reload".into(), Value::Boolean(true));
+        }
+        root.insert("admin".into(), Value::Table(admin));
         let providers = self
             .providers
             .iter()
@@ -238,6 +255,9 @@ impl TestGateway {
     /// Runs `kmsgate::server::run` in this process. Returns once the socket
     /// is bound; calls wait in the socket's backlog until providers load.
     pub async fn start(self) -> RunningGateway {
+        let admin_url = self
+            .admin_port
+            .map(|port| format!("http://127.0.0.1:{port}"));
         let (dir, path) = self.write_config();
         let config = Config::load(&path).expect("test config is valid");
         let socket_path = config.socket.clone();
@@ -251,6 +271,7 @@ impl TestGateway {
         RunningGateway {
             socket: socket_path,
             config_path: path,
+            admin_url,
             dir,
             stop: Some(stop),
             server,
@@ -260,6 +281,9 @@ impl TestGateway {
     /// Runs the `kmsgate` binary with `--log-format json` and `RUST_LOG`
     /// = `log_filter`; its stderr goes to `daemon.log` in the directory.
     pub fn spawn_process(self, log_filter: &str) -> DaemonProcess {
+        let admin_url = self
+            .admin_port
+            .map(|port| format!("http://127.0.0.1:{port}"));
         let (dir, path) = self.write_config();
         let log_path = dir.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).expect("creating the log file");
@@ -273,6 +297,8 @@ impl TestGateway {
             .expect("starting the kmsgate binary");
         DaemonProcess {
             socket: dir.path().join("kms.sock"),
+            admin_url,
+            config_path: path,
             log_path,
             child,
             _dir: dir,
@@ -284,6 +310,8 @@ impl TestGateway {
 pub struct RunningGateway {
     pub socket: PathBuf,
     pub config_path: PathBuf,
+    /// `http://127.0.0.1:PORT` when the admin HTTP server is on.
+    pub admin_url: Option<String>,
     pub dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), ServeError>>,
@@ -356,6 +384,8 @@ impl RunningGateway {
 /// The daemon as a child process.
 pub struct DaemonProcess {
     pub socket: PathBuf,
+    pub admin_url: Option<String>,
+    pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub child: Child,
     _dir: TempDir,
