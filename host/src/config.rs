@@ -777,6 +777,13 @@ mod tests {
     }
 
     #[test]
+    fn the_deployment_config_is_valid() {
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kmsgate.toml");
+        let config = Config::load(Path::new(deploy)).unwrap();
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9474");
+    }
+
+    #[test]
     fn the_documented_example_is_valid() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kmsgate.toml");
         let config = Config::load(Path::new(example)).unwrap();

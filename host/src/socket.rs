@@ -73,7 +73,7 @@ pub async fn bind(path: &Path, mode: u32) -> Result<BoundSocket, SocketError> {
     };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if UnixStream::connect(path).await.is_ok() {
+            if someone_listens(path).await {
                 return Err(SocketError::InUse(path.to_owned()));
             }
             tracing::info!(?path, "removing stale socket left by a previous daemon");
@@ -106,6 +106,23 @@ pub async fn bind(path: &Path, mode: u32) -> Result<BoundSocket, SocketError> {
         path: path.to_owned(),
         inode,
     })
+}
+
+/// Whether a live process accepts connections on `path`. A daemon that was
+/// just killed can accept for a moment while the kernel tears it down, so
+/// "live" means accepting on every try over about a second; one refusal
+/// means the socket is stale.
+async fn someone_listens(path: &Path) -> bool {
+    const TRIES: u32 = 5;
+    for attempt in 0..TRIES {
+        if UnixStream::connect(path).await.is_err() {
+            return false;
+        }
+        if attempt + 1 < TRIES {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    true
 }
 
 #[cfg(test)]

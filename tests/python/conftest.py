@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import signal
+import socket as socketlib
 import subprocess
 import sys
 import time
@@ -46,6 +47,8 @@ class Api:
 class Daemon:
     socket: Path
     stderr: Path
+    # http://127.0.0.1:PORT of the admin HTTP server.
+    admin: str
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +89,13 @@ def _require_built(path: Path) -> None:
         pytest.fail(f"{path} is missing: {BUILD_HINT}", pytrace=False)
 
 
-def _write_config(workdir: Path) -> Path:
+def _free_port() -> int:
+    with socketlib.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _write_config(workdir: Path, admin_port: int) -> Path:
     key = workdir / "key.b64"
     key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
     key.chmod(0o600)
@@ -96,6 +105,9 @@ def _write_config(workdir: Path) -> Path:
         f"""\
 socket = {json.dumps(str(workdir / "kms.sock"))}
 status_interval_ms = 500
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
 
 [[providers]]
 name = "local"
@@ -169,8 +181,13 @@ def daemon(tmp_path_factory, protos):
     _require_built(DAEMON)
     _require_built(COMPONENT)
     workdir = tmp_path_factory.mktemp("kmsgate")
-    config = _write_config(workdir)
-    running = Daemon(socket=workdir / "kms.sock", stderr=workdir / "stderr.log")
+    admin_port = _free_port()
+    config = _write_config(workdir, admin_port)
+    running = Daemon(
+        socket=workdir / "kms.sock",
+        stderr=workdir / "stderr.log",
+        admin=f"http://127.0.0.1:{admin_port}",
+    )
     with running.stderr.open("wb") as stderr:
         process = subprocess.Popen(
             [str(DAEMON), "serve", "--config", str(config)],

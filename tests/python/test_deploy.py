@@ -1,0 +1,48 @@
+"""The deployment artifacts agree with each other and with the daemon:
+the static pod's probes hit the admin address the config serves, its socket
+volume holds the configured socket, and the EncryptionConfiguration dials
+that socket with KMS v2."""
+
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_yaml(path):
+    return yaml.safe_load((REPO / path).read_text())
+
+
+def test_static_pod_matches_the_config():
+    config = tomllib.loads((REPO / "deploy/kmsgate.toml").read_text())
+    pod = _load_yaml("deploy/static-pod.yaml")
+    (container,) = pod["spec"]["containers"]
+    host, port = config["admin"]["listen"].rsplit(":", 1)
+    for probe, path in [("livenessProbe", "/livez"), ("readinessProbe", "/readyz"), ("startupProbe", "/livez")]:
+        get = container[probe]["httpGet"]
+        assert (get["host"], get["port"], get["path"]) == (host, int(port), path), probe
+    assert pod["spec"]["hostNetwork"] is True, "probes on 127.0.0.1 need the node's network"
+    socket_dir = str(Path(config["socket"]).parent)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["spec"]["volumes"]}
+    assert mounts["socket"] == socket_dir and volumes["socket"] == socket_dir
+    assert container["args"][:3] == ["serve", "--config", "/etc/kmsgate/kmsgate.toml"]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_encryption_configuration_dials_the_socket_with_v2():
+    config = tomllib.loads((REPO / "deploy/kmsgate.toml").read_text())
+    encryption = _load_yaml("examples/encryption-configuration.yaml")
+    assert encryption["kind"] == "EncryptionConfiguration"
+    kms = encryption["resources"][0]["providers"][0]["kms"]
+    assert kms["apiVersion"] == "v2"
+    assert kms["endpoint"] == "unix://" + config["socket"]
+
+
+def test_systemd_unit_reloads_with_sighup_and_owns_the_socket_directory():
+    unit = (REPO / "deploy/kmsgate.service").read_text()
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    assert "RuntimeDirectory=kmsgate" in unit
+    assert "--config /etc/kmsgate/kmsgate.toml" in unit
