@@ -30,13 +30,17 @@
 //! - [`client`] — a client for the socket (CLI and tests).
 //! - [`admin_http`] — /livez, /readyz, /metrics, /providers on loopback.
 //! - [`metrics`] — Prometheus metrics.
+//! - [`bench`] — `kmsgate bench`, a load generator for any KMS socket.
+//! - [`floor`] — the native provider benchmarks compare against.
 
 pub mod admin_http;
 pub mod allowlist;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod floor;
 pub mod gateway;
 pub mod grpc;
 pub mod integrity;

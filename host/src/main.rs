@@ -85,6 +85,41 @@ enum Command {
         #[arg(long, short)]
         socket: PathBuf,
     },
+    /// Load-test any KMS plugin socket (kmsgate or not): throughput,
+    /// p50/p90/p99/max latency, errors by gRPC code.
+    Bench {
+        #[arg(long, short)]
+        socket: PathBuf,
+        #[arg(long, value_enum, default_value_t = kmsgate::bench::Api::V2)]
+        api: kmsgate::bench::Api,
+        #[arg(long = "op", value_enum, default_value_t = kmsgate::bench::Operation::Encrypt)]
+        operation: kmsgate::bench::Operation,
+        /// Concurrent callers (on one connection, like kube-apiserver).
+        #[arg(long, short, default_value_t = 16)]
+        concurrency: usize,
+        /// Seconds to measure (after warm-up).
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Stop after this many calls, if sooner.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Seconds of unrecorded load first.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Plaintext size (Kubernetes sends 32-byte keys).
+        #[arg(long, default_value_t = 32)]
+        plaintext_bytes: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the benchmark floor: the same gRPC stack with a native AES
+    /// provider, no Wasm. For `scripts/bench`.
+    #[command(hide = true)]
+    Floor {
+        #[arg(long, short)]
+        socket: PathBuf,
+    },
     /// Make a running daemon re-read its config and hot-swap what changed
     /// (the same as SIGHUP). Fails if any new version was refused.
     Reload {
@@ -118,6 +153,42 @@ async fn main() -> anyhow::Result<()> {
         Command::Decrypt { socket, api } => decrypt(socket, api).await,
         Command::Providers { socket } => providers(socket).await,
         Command::Reload { socket } => reload(socket).await,
+        Command::Bench {
+            socket,
+            api,
+            operation,
+            concurrency,
+            duration,
+            count,
+            warmup,
+            plaintext_bytes,
+            json,
+        } => {
+            let options = kmsgate::bench::BenchOptions {
+                socket,
+                api,
+                operation,
+                concurrency,
+                duration: std::time::Duration::from_secs_f64(duration),
+                count,
+                warmup: std::time::Duration::from_secs_f64(warmup),
+                plaintext_bytes,
+            };
+            let report = kmsgate::bench::run(&options)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Command::Floor { socket } => {
+            let socket = socket::bind(&socket, 0o600).await?;
+            server::run_floor(socket, shutdown_signal()).await?;
+            Ok(())
+        }
     }
 }
 

@@ -200,3 +200,36 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// Serves the benchmark floor ([`crate::floor`]) on `socket`: the same
+/// gateway, gRPC services and tonic setup as [`run`], with a native AES
+/// provider instead of a Wasm one.
+pub async fn run_floor(
+    mut socket: BoundSocket,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let serving = Serving {
+        provider: Arc::new(crate::floor::NativeAes::random()),
+        origin: crate::slot::Origin {
+            component: "native".into(),
+            sha256: String::new(),
+            fingerprint: String::new(),
+        },
+        loaded_at: SystemTime::now(),
+        generation: 1,
+    };
+    let gateway = Arc::new(Gateway::new(
+        vec![Slot::new("floor".into(), serving)],
+        "floor",
+        Duration::from_secs(10),
+    ));
+    gateway.start().await;
+    let metrics = Arc::new(Metrics::new());
+    tracing::info!(socket = ?socket.path(), "serving the native floor");
+    tonic::transport::Server::builder()
+        .add_service(V2Service::server(gateway.clone(), metrics.clone()))
+        .add_service(V1beta1Service::server(gateway, metrics))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(socket.take_listener()), shutdown)
+        .await?;
+    Ok(())
+}
