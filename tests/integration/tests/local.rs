@@ -2,7 +2,9 @@
 //! against the `local-aes` provider: round trips and bad input.
 
 use kmsgate::proto::{v1beta1, v2};
-use kmsgate_integration::requests::{decrypt_raw as decrypt_request, encrypt as encrypt_request};
+use kmsgate_integration::requests::{
+    decrypt_raw as decrypt_request, encrypt as encrypt_request, status,
+};
 use kmsgate_integration::{ProviderSpec, TestGateway};
 use tonic::Code;
 
@@ -14,11 +16,7 @@ async fn v2_round_trip_and_status() {
         .await;
     let mut client = gateway.v2().await;
 
-    let status = client
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = status(&mut client).await;
     assert_eq!(
         (status.version.as_str(), status.healthz.as_str()),
         ("v2", "ok")
@@ -175,11 +173,7 @@ async fn bad_input_gets_clear_codes_never_internal() {
     assert_eq!(empty.code(), Code::InvalidArgument, "{}", empty.message());
 
     // After all that, it still serves.
-    let status = client
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = status(&mut client).await;
     assert_eq!(status.healthz, "ok");
 }
 

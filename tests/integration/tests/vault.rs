@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use kmsgate::proto::{v1beta1, v2};
+use kmsgate::proto::v1beta1;
 use kmsgate_integration::requests::{
     decrypt as decrypt_request, encrypt as encrypt_request, status,
 };
@@ -33,13 +33,9 @@ async fn round_trip_rotation_and_old_ciphertexts() {
         .await;
     let mut client = gateway.v2().await;
 
-    let status = client
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let initial = status(&mut client).await;
     assert_eq!(
-        (status.healthz.as_str(), status.key_id.as_str()),
+        (initial.healthz.as_str(), initial.key_id.as_str()),
         ("ok", "vault/kube:v1")
     );
     let old = client
@@ -183,28 +179,16 @@ async fn outage_shows_unhealthy_and_unavailable_then_recovers() {
     bao.stop();
     let took = wait_until("Status to turn unhealthy", bound, || {
         let mut client = client.clone();
-        async move {
-            client
-                .status(v2::StatusRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .healthz
-                != "ok"
-        }
+        async move { status(&mut client).await.healthz != "ok" }
     })
     .await;
     println!("unhealthy after {took:?} (bound {bound:?})");
-    let status = client
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let during = status(&mut client).await;
     assert_eq!(
-        status.key_id, "vault/kube:v1",
+        during.key_id, "vault/kube:v1",
         "the key id survives the outage"
     );
-    assert!(status.healthz.contains("unavailable"), "{}", status.healthz);
+    assert!(during.healthz.contains("unavailable"), "{}", during.healthz);
 
     let started = Instant::now();
     let error = client.encrypt(encrypt_request(b"dek")).await.unwrap_err();
@@ -220,15 +204,7 @@ async fn outage_shows_unhealthy_and_unavailable_then_recovers() {
     bao.start_again().await;
     let took = wait_until("Status to recover", bound * 2, || {
         let mut client = client.clone();
-        async move {
-            client
-                .status(v2::StatusRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .healthz
-                == "ok"
-        }
+        async move { status(&mut client).await.healthz == "ok" }
     })
     .await;
     println!("healthy again {took:?} after OpenBao was unsealed");
