@@ -115,6 +115,17 @@ async fn no_plaintext_key_or_token_in_trace_logs() {
             "the {what} appears in the daemon's logs"
         );
     }
+    // Nor whole ciphertexts (Transit's are printable: `vault:v1:...`).
+    let ciphertext = String::from_utf8(sealed.ciphertext.clone()).unwrap();
+    assert!(ciphertext.starts_with("vault:v1:"));
+    assert!(
+        !logs.contains(&ciphertext),
+        "a ciphertext appears in the logs"
+    );
+    assert!(
+        !logs.contains(&ciphertext["vault:v1:".len()..]),
+        "a ciphertext body appears in the logs"
+    );
     // The plaintext marker in any form shorter than the whole.
     assert!(
         !logs.contains("DEK-MARKER"),
