@@ -50,8 +50,12 @@ def test_metrics_parse_and_counters_move_with_traffic(daemon, v2, v2_client):
 
     latency = after["kmsgate_request_duration_seconds"]
     assert latency.type == "histogram"
-    counts = [s.value for s in latency.samples if s.name.endswith("_count") and s.labels["method"] == "encrypt"]
-    assert counts and counts[0] >= 5
+    counts = [
+        s.value
+        for s in latency.samples
+        if s.name.endswith("_count") and s.labels["api"] == "v2" and s.labels["method"] == "encrypt"
+    ]
+    assert len(counts) == 1 and counts[0] >= 5
 
     healthy = after["kmsgate_provider_healthy"].samples
     assert [(s.labels["provider"], s.value) for s in healthy] == [("local", 1.0)]

@@ -13,3 +13,26 @@ pub use v2::V2Service;
 /// Largest gRPC message accepted. KMS messages are a few KiB at most
 /// (ciphertext ≤ 1 KiB, annotations ≤ 32 KiB, plaintext ≤ 64 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Ends a KMS call: counts it in the metrics, logs a failure (with its gRPC
+/// code, inside the call's span), and turns the error into a gRPC status.
+pub(crate) fn conclude<T>(
+    metrics: &crate::metrics::Metrics,
+    (api, method): (&'static str, &'static str),
+    provider: &str,
+    started: std::time::Instant,
+    span: &tracing::Span,
+    result: Result<T, crate::error::KmsError>,
+) -> Result<T, tonic::Status> {
+    metrics.observe(
+        api,
+        method,
+        provider,
+        result.as_ref().map(|_| ()),
+        started.elapsed(),
+    );
+    result.map_err(|error| {
+        span.in_scope(|| tracing::warn!(code = ?error.code(), "{error}"));
+        error.into()
+    })
+}

@@ -4,7 +4,6 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::v2::log_failure;
 use crate::envelope;
 use crate::error::{Action, KmsError, ProviderError};
 use crate::gateway::Gateway;
@@ -94,15 +93,15 @@ impl KeyManagementService for V1beta1Service {
                     ),
                 })
             });
-        self.metrics.observe(
-            "v1beta1",
-            "encrypt",
+        let sealed = super::conclude(
+            &self.metrics,
+            ("v1beta1", "encrypt"),
             &provider,
-            result.as_ref().map(|_| ()),
-            started.elapsed(),
-        );
+            started,
+            &span,
+            result,
+        )?;
         let _entered = span.enter();
-        let sealed = result.inspect_err(log_failure)?;
         tracing::debug!(key_id = %sealed.key_id, "encrypted");
         Ok(Response::new(EncryptResponse {
             cipher: envelope::seal(&sealed.key_id, &sealed.ciphertext),
@@ -133,15 +132,15 @@ impl KeyManagementService for V1beta1Service {
             }
             Err(error) => Err(error),
         };
-        self.metrics.observe(
-            "v1beta1",
-            "decrypt",
+        let plaintext = super::conclude(
+            &self.metrics,
+            ("v1beta1", "decrypt"),
             &provider,
-            result.as_ref().map(|_| ()),
-            started.elapsed(),
-        );
+            started,
+            &span,
+            result,
+        )?;
         let _entered = span.enter();
-        let plaintext = result.inspect_err(log_failure)?;
         tracing::debug!("decrypted");
         Ok(Response::new(DecryptResponse {
             plain: plaintext.into_vec(),

@@ -5,7 +5,6 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::error::KmsError;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::proto::v2::key_management_service_server::{
@@ -63,15 +62,15 @@ impl KeyManagementService for V2Service {
             .encrypt(&uid, &plaintext)
             .instrument(span.clone())
             .await;
-        self.metrics.observe(
-            "v2",
-            "encrypt",
+        let sealed = super::conclude(
+            &self.metrics,
+            ("v2", "encrypt"),
             &provider,
-            result.as_ref().map(|_| ()),
-            started.elapsed(),
-        );
+            started,
+            &span,
+            result,
+        )?;
         let _entered = span.enter();
-        let sealed = result.inspect_err(log_failure)?;
         tracing::debug!(key_id = %sealed.key_id, "encrypted");
         Ok(Response::new(EncryptResponse {
             ciphertext: sealed.ciphertext,
@@ -100,15 +99,15 @@ impl KeyManagementService for V2Service {
             .decrypt(&uid, &key_id, &ciphertext, &annotations)
             .instrument(span.clone())
             .await;
-        self.metrics.observe(
-            "v2",
-            "decrypt",
+        let plaintext = super::conclude(
+            &self.metrics,
+            ("v2", "decrypt"),
             &provider,
-            result.as_ref().map(|_| ()),
-            started.elapsed(),
-        );
+            started,
+            &span,
+            result,
+        )?;
         let _entered = span.enter();
-        let plaintext = result.inspect_err(log_failure)?;
         tracing::debug!("decrypted");
         Ok(Response::new(DecryptResponse {
             plaintext: plaintext.into_vec(),
@@ -118,8 +117,4 @@ impl KeyManagementService for V2Service {
 
 fn to_annotations(map: HashMap<String, Vec<u8>>) -> crate::limits::Annotations {
     map.into_iter().collect()
-}
-
-pub(super) fn log_failure(error: &KmsError) {
-    tracing::warn!(code = ?error.code(), "{error}");
 }
