@@ -25,7 +25,9 @@ pub enum Method {
     Delete,
 }
 
-#[derive(Debug, Clone)]
+/// An outbound request. Its body may carry plaintext (Transit's encrypt
+/// takes it base64-encoded), so `Debug` prints only its length.
+#[derive(Clone)]
 pub struct OutboundRequest {
     pub method: Method,
     pub url: String,
@@ -35,11 +37,34 @@ pub struct OutboundRequest {
     pub body: Vec<u8>,
 }
 
-#[derive(Debug, Clone)]
+/// A response. Its body may carry plaintext (Transit's decrypt answer), so
+/// `Debug` prints only its length.
+#[derive(Clone)]
 pub struct OutboundResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for OutboundRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &self.headers)
+            .field("secret_headers", &self.secret_headers)
+            .field("body", &format_args!("{} bytes", self.body.len()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for OutboundResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundResponse")
+            .field("status", &self.status)
+            .field("body", &format_args!("{} bytes", self.body.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Mirrors the WIT `http-error`.
@@ -333,6 +358,22 @@ mod tests {
                 .unwrap()
                 .to_lowercase()
                 .contains("x-vault-token: s.abc")
+        );
+    }
+
+    #[test]
+    fn debug_shows_body_lengths_not_bodies() {
+        let mut request = get("http://vault:8200/".into());
+        request.body = b"{\"plaintext\":\"c2VjcmV0\"}".to_vec();
+        let response = OutboundResponse {
+            status: 200,
+            headers: vec![],
+            body: b"c2VjcmV0".to_vec(),
+        };
+        let shown = format!("{request:?} {response:?}");
+        assert!(
+            !shown.contains("c2VjcmV0") && shown.contains("24 bytes"),
+            "{shown}"
         );
     }
 
