@@ -123,8 +123,9 @@ pub struct ProviderConfig {
     pub limits: LimitsConfig,
 }
 
-/// One provider setting.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// One provider setting. A setting can be key material (the local-aes
+/// key), so `Debug` shows a literal's length, never its text.
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum SettingValue {
     Text(String),
@@ -138,6 +139,18 @@ pub enum SettingValue {
     Env {
         env: String,
     },
+}
+
+impl std::fmt::Debug for SettingValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SettingValue::Text(text) => write!(f, "Text({} bytes, redacted)", text.len()),
+            SettingValue::Integer(n) => write!(f, "Integer({n})"),
+            SettingValue::Bool(b) => write!(f, "Bool({b})"),
+            SettingValue::File { file } => write!(f, "File({file:?})"),
+            SettingValue::Env { env } => write!(f, "Env({env:?})"),
+        }
+    }
 }
 
 /// Where a secret's value comes from.
@@ -599,6 +612,17 @@ mod tests {
             (64, 1000, 5000)
         );
         assert!(config.providers[0].outbound.allowed_hosts.is_empty());
+    }
+
+    #[test]
+    fn debug_never_shows_literal_settings() {
+        let config =
+            Config::parse(&with("[providers.settings]\nkey = \"c2VjcmV0LWtleQ==\"")).unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("c2VjcmV0") && shown.contains("16 bytes, redacted"),
+            "{shown}"
+        );
     }
 
     #[test]

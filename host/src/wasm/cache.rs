@@ -51,11 +51,4 @@ impl CompileCache {
         entries.push(entry);
         Some(component)
     }
-
-    pub(super) fn len(&self) -> usize {
-        self.entries
-            .lock()
-            .expect("compile cache lock poisoned")
-            .len()
-    }
 }

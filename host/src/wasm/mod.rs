@@ -105,11 +105,6 @@ impl Runtime {
             cache: Arc::new(CompileCache::default()),
         })
     }
-
-    /// How many compiled components are cached.
-    pub fn cached_components(&self) -> usize {
-        self.cache.len()
-    }
 }
 
 /// A provider's inputs, read and checked but not yet compiled: enough to

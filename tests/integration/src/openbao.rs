@@ -21,7 +21,6 @@ pub struct OpenBao {
     pub token: String,
     child: Option<Child>,
     dir: TempDir,
-    port: u16,
     /// For the persistent server: the single unseal key.
     unseal_key: Option<String>,
     http: reqwest::Client,
@@ -99,7 +98,6 @@ cluster_addr = "http://127.0.0.1:{cluster_port}"
             token,
             child: Some(child),
             dir,
-            port,
             unseal_key,
             http: reqwest::Client::new(),
         }
@@ -124,10 +122,6 @@ cluster_addr = "http://127.0.0.1:{cluster_port}"
         self.child = Some(spawn(&self.dir, &["server", "-config", "bao.hcl"]));
         self.wait_listening().await;
         self.unseal().await;
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     /// `POST transit/keys/NAME`: creates a Transit key.
