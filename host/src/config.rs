@@ -203,6 +203,12 @@ pub struct LimitsConfig {
     /// Must exceed `outbound.timeout_ms`. Default 5000.
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,
+    /// How many calls one instance may serve before it is dropped. An
+    /// instance goes back for another call only after a call that returned
+    /// (no trap, no limit hit, no timeout) and left its memory near its
+    /// starting size. 1 gives every call a fresh instance. Default 1000.
+    #[serde(default = "default_calls_per_instance")]
+    pub calls_per_instance: u64,
 }
 
 fn default_socket_mode() -> String {
@@ -235,6 +241,9 @@ fn default_cpu_ms() -> u64 {
 fn default_call_timeout_ms() -> u64 {
     5_000
 }
+fn default_calls_per_instance() -> u64 {
+    1_000
+}
 
 impl Default for OutboundConfig {
     fn default() -> Self {
@@ -255,6 +264,7 @@ impl Default for LimitsConfig {
             memory_mib: default_memory_mib(),
             cpu_ms: default_cpu_ms(),
             call_timeout_ms: default_call_timeout_ms(),
+            calls_per_instance: default_calls_per_instance(),
         }
     }
 }
@@ -484,6 +494,7 @@ impl ProviderConfig {
             ("limits.memory_mib", limits.memory_mib),
             ("limits.cpu_ms", limits.cpu_ms),
             ("limits.call_timeout_ms", limits.call_timeout_ms),
+            ("limits.calls_per_instance", limits.calls_per_instance),
             ("outbound.timeout_ms", self.outbound.timeout_ms),
             (
                 "outbound.max_response_bytes",
@@ -608,8 +619,13 @@ mod tests {
         assert_eq!(config.status_interval_ms, 10_000);
         let limits = &config.providers[0].limits;
         assert_eq!(
-            (limits.memory_mib, limits.cpu_ms, limits.call_timeout_ms),
-            (64, 1000, 5000)
+            (
+                limits.memory_mib,
+                limits.cpu_ms,
+                limits.call_timeout_ms,
+                limits.calls_per_instance
+            ),
+            (64, 1000, 5000, 1000)
         );
         assert!(config.providers[0].outbound.allowed_hosts.is_empty());
     }

@@ -20,7 +20,9 @@ pub struct ProviderShared {
     pub outbound: OutboundClient,
 }
 
-/// A store's data: lives for exactly one call.
+/// A store's data: lives as long as its instance, which may serve several
+/// calls (see `limits.calls_per_instance`); [`HostState::begin_call`] resets
+/// the per-call parts.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
@@ -30,6 +32,8 @@ pub struct HostState {
     /// budget counts only the guest's own work. Kept by [`HostState::on_call_hook`].
     pub host_time: Duration,
     host_entered: Option<Instant>,
+    /// When the current call began; with `host_time`, gives its guest time.
+    pub call_started: Instant,
 }
 
 impl HostState {
@@ -49,7 +53,21 @@ impl HostState {
             limiter: SandboxLimiter::new(memory_cap),
             host_time: Duration::ZERO,
             host_entered: None,
+            call_started: Instant::now(),
         }
+    }
+
+    /// Starts the CPU-budget clock afresh for the next call.
+    pub fn begin_call(&mut self) {
+        self.host_time = Duration::ZERO;
+        self.host_entered = None;
+        self.limiter.hit_memory_cap = false;
+        self.call_started = Instant::now();
+    }
+
+    /// Guest time of the current call so far.
+    pub fn guest_time(&self) -> Duration {
+        self.call_started.elapsed().saturating_sub(self.host_time)
     }
 
     /// Installed with `Store::call_hook`: times every stay in the host.
@@ -152,6 +170,11 @@ impl SandboxLimiter {
             memory_used: 0,
             hit_memory_cap: false,
         }
+    }
+
+    /// All linear memory of the instance, in bytes.
+    pub fn memory_used(&self) -> usize {
+        self.memory_used
     }
 }
 

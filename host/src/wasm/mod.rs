@@ -5,10 +5,17 @@
 //!   the engine's epoch every [`TICK`] for as long as the engine lives.
 //! - A component is compiled once per content hash ([`cache`]) and
 //!   pre-linked into a `ProviderPre`; calls never compile or link.
-//! - Instance model: **a fresh store and instance for every call.** Nothing
-//!   a call does (state, a trap, a half-grown memory) can reach another
-//!   call, and parallel calls never queue on one instance. The pooling
-//!   allocator keeps instantiation cheap (`kmsgate bench` measures it).
+//! - Instance model: **an instance serves one call at a time, and goes back
+//!   for another only after a clean return.** A call that traps, hits a
+//!   limit or times out takes its instance with it; so does one that grew
+//!   the instance's memory by more than [`REUSE_MEMORY_GROWTH`]. After
+//!   `limits.calls_per_instance` calls (1 = a fresh instance every call) it
+//!   is dropped anyway. Parallel calls never queue on one instance: without
+//!   an idle one, a call instantiates its own (cheap with the pooling
+//!   allocator). What reuse trades away: guest state a provider keeps on
+//!   purpose (a cache, a counter) outlives a call. It is the same provider,
+//!   handling the same caller's keys, so no one else's data is at stake;
+//!   `kmsgate bench` and `scripts/bench` measure what it buys.
 //! - Every call is bounded three ways: a memory cap for the whole instance
 //!   ([`host::SandboxLimiter`]), a CPU budget for guest code (epoch
 //!   interruption; time in host calls does not count), and a wall-clock
@@ -20,8 +27,8 @@ mod cache;
 mod host;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -51,6 +58,13 @@ const KEEP_RESIDENT_BYTES: usize = 64 << 10;
 /// The largest memory a single instance may have; per-provider caps are
 /// enforced below this by the limiter.
 const MAX_MEMORY_BYTES: usize = 4096 << 20;
+/// Idle instances one provider keeps for reuse, at most. They count
+/// against [`MAX_LIVE_INSTANCES`].
+const MAX_IDLE_INSTANCES: usize = 16;
+/// How much an instance's memory may have grown since instantiation and
+/// still be reused: room for an allocator's first growth, not for a guest
+/// that ballooned (its pages would stay resident while it sits idle).
+const REUSE_MEMORY_GROWTH: usize = 1 << 20;
 
 /// The engine and linker every provider shares.
 #[derive(Clone)]
@@ -178,7 +192,20 @@ pub struct WasmProvider {
     memory_cap: usize,
     cpu_budget: Duration,
     call_timeout: Duration,
+    calls_per_instance: u64,
+    /// Instances between calls, most recently used last.
+    idle: Mutex<Vec<Instance>>,
     origin: Origin,
+}
+
+/// A live instance in its own store.
+struct Instance {
+    store: Store<HostState>,
+    provider: Provider,
+    /// Linear memory right after instantiation.
+    memory_at_start: usize,
+    /// Calls begun in this instance.
+    calls: u64,
 }
 
 impl WasmProvider {
@@ -235,6 +262,8 @@ impl WasmProvider {
             memory_cap: (limits.memory_mib << 20) as usize,
             cpu_budget: Duration::from_millis(limits.cpu_ms),
             call_timeout: Duration::from_millis(limits.call_timeout_ms),
+            calls_per_instance: limits.calls_per_instance,
+            idle: Mutex::new(Vec::new()),
             origin,
         };
         match provider.init().await {
@@ -258,39 +287,55 @@ impl WasmProvider {
 
     async fn init(&self) -> Result<(), ProviderError> {
         self.bounded(async {
-            let (mut store, provider) = self.instantiate().await?;
+            let Instance {
+                mut store,
+                provider,
+                ..
+            } = self.instantiate().await?;
             let result = provider.kmsgate_provider_kms().call_init(&mut store).await;
-            self.finish(&store, result)
+            // `init` is a check, not a warm-up: its instance is not kept.
+            match result {
+                Ok(returned) => returned.map_err(Into::into),
+                Err(trap) => Err(self.classify(&store, trap)),
+            }
         })
         .await
     }
 
-    /// Benchmark hook for the instance model kmsgate does *not* use: `count`
-    /// encrypts in one instance, reused. It is faster per call, but state
-    /// and a trap's aftermath would carry from one call to the next, and
-    /// concurrent calls would queue on the instance. `benches/` measures
-    /// both models with it.
-    #[doc(hidden)]
-    pub async fn encrypt_reusing_one_instance(
-        &self,
-        key_id: &str,
-        plaintext: &Plaintext,
-        count: usize,
-    ) -> Result<(), ProviderError> {
-        let (mut store, provider) = self.instantiate().await?;
-        for _ in 0..count {
-            let result = provider
-                .kmsgate_provider_kms()
-                .call_encrypt(&mut store, "bench", key_id, plaintext.as_bytes())
-                .await;
-            let _: Encrypted = self.finish(&store, result)?;
+    /// An instance for one call: an idle one if there is one, else a new
+    /// one. Either way its CPU budget starts now.
+    async fn check_out(&self) -> Result<Instance, ProviderError> {
+        let idle = self.idle.lock().expect("idle instances lock").pop();
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => self.instantiate().await?,
+        };
+        instance.store.data_mut().begin_call();
+        instance.store.set_epoch_deadline(1);
+        instance.calls += 1;
+        Ok(instance)
+    }
+
+    /// Keeps an instance whose call returned, if it may serve another.
+    fn check_in(&self, instance: Instance) {
+        let grown = instance
+            .store
+            .data()
+            .limiter
+            .memory_used()
+            .saturating_sub(instance.memory_at_start);
+        if instance.calls >= self.calls_per_instance || grown > REUSE_MEMORY_GROWTH {
+            return;
         }
-        Ok(())
+        let mut idle = self.idle.lock().expect("idle instances lock");
+        if idle.len() < MAX_IDLE_INSTANCES {
+            idle.push(instance);
+        }
     }
 
     /// A fresh store, limited and with its CPU budget armed, and an instance
     /// in it.
-    async fn instantiate(&self) -> Result<(Store<HostState>, Provider), ProviderError> {
+    async fn instantiate(&self) -> Result<Instance, ProviderError> {
         let state = HostState::new(self.shared.clone(), self.memory_cap);
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
@@ -299,11 +344,9 @@ impl WasmProvider {
             Ok(())
         });
         let budget = self.cpu_budget;
-        let started = Instant::now();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |context| {
-            let guest_time = started.elapsed().saturating_sub(context.data().host_time);
-            if guest_time > budget {
+            if context.data().guest_time() > budget {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 // Let other tasks run on this thread, then keep going.
@@ -311,15 +354,21 @@ impl WasmProvider {
             }
         });
         match self.pre.instantiate_async(&mut store).await {
-            Ok(provider) => Ok((store, provider)),
+            Ok(provider) => Ok(Instance {
+                memory_at_start: store.data().limiter.memory_used(),
+                store,
+                provider,
+                calls: 0,
+            }),
             Err(error) => Err(self.classify(&store, error)),
         }
     }
 
-    /// Flattens a call's two channels (trap or `kms-error`) into one.
+    /// Settles a call: flattens its two channels (trap or `kms-error`) into
+    /// one, and hands the instance back only if the guest returned.
     fn finish<T, U>(
         &self,
-        store: &Store<HostState>,
+        instance: Instance,
         result: wasmtime::Result<Result<T, bindings::KmsError>>,
     ) -> Result<U, ProviderError>
     where
@@ -327,9 +376,14 @@ impl WasmProvider {
         ProviderError: From<U::Error>,
     {
         match result {
-            Ok(Ok(value)) => Ok(U::try_from(value)?),
-            Ok(Err(error)) => Err(error.into()),
-            Err(trap) => Err(self.classify(store, trap)),
+            Ok(returned) => {
+                self.check_in(instance);
+                match returned {
+                    Ok(value) => Ok(U::try_from(value)?),
+                    Err(error) => Err(error.into()),
+                }
+            }
+            Err(trap) => Err(self.classify(&instance.store, trap)),
         }
     }
 
@@ -364,12 +418,13 @@ impl WasmProvider {
 impl KmsProvider for WasmProvider {
     async fn status(&self) -> Result<ProviderStatus, ProviderError> {
         self.bounded(async {
-            let (mut store, provider) = self.instantiate().await?;
-            let result = provider
+            let mut instance = self.check_out().await?;
+            let result = instance
+                .provider
                 .kmsgate_provider_kms()
-                .call_status(&mut store)
+                .call_status(&mut instance.store)
                 .await;
-            self.finish(&store, result)
+            self.finish(instance, result)
         })
         .await
     }
@@ -381,12 +436,13 @@ impl KmsProvider for WasmProvider {
         plaintext: &Plaintext,
     ) -> Result<Encrypted, ProviderError> {
         self.bounded(async {
-            let (mut store, provider) = self.instantiate().await?;
-            let result = provider
+            let mut instance = self.check_out().await?;
+            let result = instance
+                .provider
                 .kmsgate_provider_kms()
-                .call_encrypt(&mut store, uid, key_id, plaintext.as_bytes())
+                .call_encrypt(&mut instance.store, uid, key_id, plaintext.as_bytes())
                 .await;
-            self.finish(&store, result)
+            self.finish(instance, result)
         })
         .await
     }
@@ -399,13 +455,14 @@ impl KmsProvider for WasmProvider {
         annotations: &Annotations,
     ) -> Result<Plaintext, ProviderError> {
         self.bounded(async {
-            let (mut store, provider) = self.instantiate().await?;
+            let mut instance = self.check_out().await?;
             let annotations = annotations_to_wit(annotations);
-            let result = provider
+            let result = instance
+                .provider
                 .kmsgate_provider_kms()
-                .call_decrypt(&mut store, uid, key_id, ciphertext, &annotations)
+                .call_decrypt(&mut instance.store, uid, key_id, ciphertext, &annotations)
                 .await;
-            let plaintext: Vec<u8> = self.finish(&store, result)?;
+            let plaintext: Vec<u8> = self.finish(instance, result)?;
             Ok(Plaintext::new(plaintext))
         })
         .await

@@ -11,18 +11,14 @@ const FORMAT_V1: u8 = 1;
 pub const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
-/// A 256-bit key. Its `Debug` never shows the bytes.
-pub struct Key([u8; 32]);
+/// A 256-bit key, expanded for AES-256-GCM once, when it is read. Its
+/// `Debug` never shows the key; its round keys are wiped on drop (the
+/// `zeroize` feature of `aes-gcm`).
+pub struct Key(Aes256Gcm);
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Key(redacted)")
-    }
-}
-
-impl Drop for Key {
-    fn drop(&mut self) {
-        self.0 = [0; 32];
     }
 }
 
@@ -53,18 +49,12 @@ impl std::fmt::Display for Error {
 
 impl Key {
     pub fn from_base64(encoded: &str) -> Result<Key, Error> {
-        let bytes = STANDARD
+        let mut bytes = STANDARD
             .decode(encoded.trim())
             .map_err(|_| Error::KeyEncoding)?;
-        let array: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::KeyLength(bytes.len()))?;
-        Ok(Key(array))
-    }
-
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&self.0.into())
+        let key = Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::KeyLength(bytes.len()));
+        bytes.fill(0);
+        key.map(Key)
     }
 }
 
@@ -76,7 +66,7 @@ pub fn seal(
     plaintext: &[u8],
 ) -> Result<Vec<u8>, Error> {
     let sealed = key
-        .cipher()
+        .0
         .encrypt(
             Nonce::from_slice(nonce),
             Payload {
@@ -101,7 +91,7 @@ pub fn open(key: &Key, aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, Error> 
         return Err(Error::TooShort);
     }
     let (nonce, sealed) = rest.split_at(NONCE_LEN);
-    key.cipher()
+    key.0
         .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
         .map_err(|_| Error::Authentication)
 }

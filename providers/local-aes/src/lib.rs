@@ -17,6 +17,9 @@
 
 mod cipher;
 
+use std::cell::OnceCell;
+use std::rc::Rc;
+
 // The component ABI glue is generated `unsafe` code; it stays in this module.
 #[allow(unsafe_code)]
 mod bindings {
@@ -45,9 +48,9 @@ impl Guest for LocalAes {
     }
 
     fn status() -> Result<StatusInfo, KmsError> {
-        let (key_id, _) = current_key()?;
+        let current = current_key()?;
         Ok(StatusInfo {
-            key_id,
+            key_id: current.key_id.clone(),
             healthy: true,
             detail: "local key loaded".to_string(),
         })
@@ -57,8 +60,8 @@ impl Guest for LocalAes {
         if plaintext.is_empty() {
             return Err(KmsError::InvalidArgument("plaintext is empty".into()));
         }
-        let (current_id, key) = current_key()?;
-        if key_id != current_id {
+        let current = current_key()?;
+        if key_id != current.key_id {
             return Err(KmsError::UnknownKey(format!(
                 "key id {key_id:?} is not the current key"
             )));
@@ -66,7 +69,7 @@ impl Guest for LocalAes {
         let mut nonce = [0u8; cipher::NONCE_LEN];
         getrandom::fill(&mut nonce)
             .map_err(|e| KmsError::Internal(format!("no randomness for a nonce: {e}")))?;
-        let ciphertext = cipher::seal(&key, &nonce, key_id.as_bytes(), &plaintext)
+        let ciphertext = cipher::seal(&current.key, &nonce, key_id.as_bytes(), &plaintext)
             .map_err(|e| KmsError::Internal(e.to_string()))?;
         Ok(Encrypted {
             ciphertext,
@@ -81,9 +84,10 @@ impl Guest for LocalAes {
         ciphertext: Vec<u8>,
         _annotations: Vec<Annotation>,
     ) -> Result<Vec<u8>, KmsError> {
-        let key = key_for(&key_id)?;
-        cipher::open(&key, key_id.as_bytes(), &ciphertext)
-            .map_err(|e| KmsError::InvalidCiphertext(e.to_string()))
+        with_key(&key_id, |key| {
+            cipher::open(key, key_id.as_bytes(), &ciphertext)
+        })?
+        .map_err(|e| KmsError::InvalidCiphertext(e.to_string()))
     }
 }
 
@@ -95,7 +99,23 @@ fn required(name: &str) -> Result<String, KmsError> {
     setting(name)?.ok_or_else(|| KmsError::InvalidConfig(format!("setting `{name}` is missing")))
 }
 
-fn current_key() -> Result<(String, cipher::Key), KmsError> {
+/// The current key id and key.
+struct Current {
+    key_id: String,
+    key: cipher::Key,
+}
+
+thread_local! {
+    /// The current key, read and expanded once per instance. Settings never
+    /// change while an instance lives (the WIT's instance model), and a
+    /// failed read is not cached, so `init` and every call report it.
+    static CURRENT: OnceCell<Rc<Current>> = const { OnceCell::new() };
+}
+
+fn current_key() -> Result<Rc<Current>, KmsError> {
+    if let Some(current) = CURRENT.with(|cell| cell.get().cloned()) {
+        return Ok(current);
+    }
     let key_id = required("key-id")?;
     if key_id.is_empty() || key_id.len() > 200 {
         return Err(KmsError::InvalidConfig(
@@ -104,17 +124,20 @@ fn current_key() -> Result<(String, cipher::Key), KmsError> {
     }
     let key = cipher::Key::from_base64(&required("key")?)
         .map_err(|e| KmsError::InvalidConfig(format!("setting `key`: {e}")))?;
-    Ok((key_id, key))
+    let current = Rc::new(Current { key_id, key });
+    Ok(CURRENT.with(|cell| cell.get_or_init(|| current).clone()))
 }
 
-fn key_for(key_id: &str) -> Result<cipher::Key, KmsError> {
-    let (current_id, current) = current_key()?;
-    if key_id == current_id {
-        return Ok(current);
+/// Runs `f` with the key named `key_id`: the current key or a retired one.
+fn with_key<T>(key_id: &str, f: impl FnOnce(&cipher::Key) -> T) -> Result<T, KmsError> {
+    let current = current_key()?;
+    if key_id == current.key_id {
+        return Ok(f(&current.key));
     }
     let name = format!("retired-key.{key_id}");
     match setting(&name)? {
         Some(encoded) => cipher::Key::from_base64(&encoded)
+            .map(|key| f(&key))
             .map_err(|e| KmsError::InvalidConfig(format!("setting `{name}`: {e}"))),
         None => Err(KmsError::UnknownKey(format!("no key with id {key_id:?}"))),
     }

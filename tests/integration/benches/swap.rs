@@ -6,8 +6,8 @@
 //! - swap latency, file written → new version serving, with the compile
 //!   cache missed (a new component) and hit (a version seen before), both
 //!   through the file watch and through `kmsgate reload`;
-//! - per-call cost of kmsgate's instance model (a fresh instance per call)
-//!   against the alternative (one instance reused), measured in the same run.
+//! - per-call cost of the two instance models: a fresh instance per call
+//!   (`calls_per_instance = 1`) and the default reuse, in the same run.
 
 use std::time::{Duration, Instant};
 
@@ -48,12 +48,12 @@ async fn main() {
     let (fresh, reused) = per_call_costs().await;
     println!(
         "{:<44} {:>8.1}µs",
-        "fresh instance per call (kmsgate's model)",
+        "fresh instance per call (calls_per_instance 1)",
         us(fresh)
     );
     println!(
         "{:<44} {:>8.1}µs",
-        "one instance reused (the alternative)",
+        "instances reused (the default)",
         us(reused)
     );
     println!(
@@ -100,33 +100,41 @@ async fn swap_latencies(watch: bool, reuse_versions: bool) -> Vec<Duration> {
     times
 }
 
+/// Per-call cost of one local-aes encrypt with a fresh instance for every
+/// call (`calls_per_instance = 1`), and with the default reuse.
 async fn per_call_costs() -> (Duration, Duration) {
-    let text = format!(
-        "socket = \"/unused\"\n[[providers]]\nname = \"local\"\ncomponent = {:?}\n[providers.settings]\nkey-id = \"k1\"\nkey = {:?}\n",
-        component("local_aes"),
-        kmsgate_integration::gateway::local_aes_key(1),
-    );
-    let config = Config::parse(&text).unwrap();
     let runtime = Runtime::new().unwrap();
-    let provider = WasmProvider::load(&runtime, &config.providers[0])
-        .await
-        .unwrap();
+    let load = |calls_per_instance: u64| {
+        let text = format!(
+            "socket = \"/unused\"\n[[providers]]\nname = \"local\"\ncomponent = {:?}\n[providers.settings]\nkey-id = \"k1\"\nkey = {:?}\n[providers.limits]\ncalls_per_instance = {calls_per_instance}\n",
+            component("local_aes"),
+            kmsgate_integration::gateway::local_aes_key(1),
+        );
+        let config = Config::parse(&text).unwrap();
+        let runtime = runtime.clone();
+        async move {
+            WasmProvider::load(&runtime, &config.providers[0])
+                .await
+                .unwrap()
+        }
+    };
+    let fresh_provider = load(1).await;
+    let reusing_provider = load(1000).await;
     let plaintext = Plaintext::new(vec![7; 32]);
 
     let mut fresh = Vec::new();
     let mut reused = Vec::new();
     for _ in 0..5 {
-        let started = Instant::now();
-        for _ in 0..CALLS {
-            provider.encrypt("bench", "k1", &plaintext).await.unwrap();
+        for (provider, times) in [
+            (&fresh_provider, &mut fresh),
+            (&reusing_provider, &mut reused),
+        ] {
+            let started = Instant::now();
+            for _ in 0..CALLS {
+                provider.encrypt("bench", "k1", &plaintext).await.unwrap();
+            }
+            times.push(started.elapsed() / CALLS as u32);
         }
-        fresh.push(started.elapsed() / CALLS as u32);
-        let started = Instant::now();
-        provider
-            .encrypt_reusing_one_instance("k1", &plaintext, CALLS)
-            .await
-            .unwrap();
-        reused.push(started.elapsed() / CALLS as u32);
     }
     (median(&fresh), median(&reused))
 }
