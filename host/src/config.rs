@@ -121,6 +121,38 @@ pub struct ProviderConfig {
     /// Sandbox limits for each call.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Coalescing of concurrent decrypts, for components that export
+    /// `kms-batch`; ignored for the others.
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Decrypts per batch, at most; 1 turns batching off. Default 64.
+    #[serde(default = "default_batch_max_items")]
+    pub max_items: u64,
+    /// Batches in flight at once, at most. While they all run, new decrypts
+    /// queue for the next batch. Default 4.
+    #[serde(default = "default_batch_max_in_flight")]
+    pub max_in_flight: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_items: default_batch_max_items(),
+            max_in_flight: default_batch_max_in_flight(),
+        }
+    }
+}
+
+fn default_batch_max_items() -> u64 {
+    64
+}
+fn default_batch_max_in_flight() -> u64 {
+    4
 }
 
 /// One provider setting. A setting can be key material (the local-aes
@@ -495,6 +527,8 @@ impl ProviderConfig {
             ("limits.cpu_ms", limits.cpu_ms),
             ("limits.call_timeout_ms", limits.call_timeout_ms),
             ("limits.calls_per_instance", limits.calls_per_instance),
+            ("batch.max_items", self.batch.max_items),
+            ("batch.max_in_flight", self.batch.max_in_flight),
             ("outbound.timeout_ms", self.outbound.timeout_ms),
             (
                 "outbound.max_response_bytes",
@@ -507,6 +541,12 @@ impl ProviderConfig {
                     "must be greater than 0",
                 ));
             }
+        }
+        if self.batch.max_items > 1024 {
+            return Err(Problem::new(
+                format!("{at}.batch.max_items"),
+                "at most 1024",
+            ));
         }
         if limits.memory_mib > 4096 {
             return Err(Problem::new(

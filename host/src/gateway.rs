@@ -304,16 +304,15 @@ mod tests {
     }
 
     async fn gateway(fake: Arc<Fake>) -> Gateway {
-        let serving = Serving {
-            provider: fake,
-            origin: Origin {
+        let serving = Serving::new(
+            fake,
+            Origin {
                 component: "fake.wasm".into(),
                 sha256: String::new(),
                 fingerprint: String::new(),
             },
-            loaded_at: std::time::SystemTime::now(),
-            generation: 1,
-        };
+            1,
+        );
         let gateway = Gateway::new(
             vec![Slot::new("fake".into(), serving)],
             "fake",

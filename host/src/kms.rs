@@ -27,6 +27,28 @@ pub struct Encrypted {
     pub annotations: Annotations,
 }
 
+/// One decrypt of a batch: the arguments of [`KmsProvider::decrypt`].
+#[derive(Debug, Clone)]
+pub struct DecryptItem {
+    pub uid: String,
+    pub key_id: String,
+    pub ciphertext: Vec<u8>,
+    pub annotations: Annotations,
+}
+
+/// What a batch returns: one result per item, in order, or one error for
+/// all of them.
+pub type BatchResult = Result<Vec<Result<Plaintext, ProviderError>>, ProviderError>;
+
+/// How a provider wants its decrypts batched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Decrypts per [`KmsProvider::decrypt_batch`] call, at most.
+    pub max_items: usize,
+    /// Batches in flight at once, at most.
+    pub max_in_flight: usize,
+}
+
 /// A KMS provider. Implementations must be cheap to call concurrently.
 #[async_trait]
 pub trait KmsProvider: Send + Sync + 'static {
@@ -50,4 +72,25 @@ pub trait KmsProvider: Send + Sync + 'static {
         ciphertext: &[u8],
         annotations: &Annotations,
     ) -> Result<Plaintext, ProviderError>;
+
+    /// Whether the gateway should coalesce concurrent decrypts into
+    /// [`KmsProvider::decrypt_batch`] calls, and how. `None` (the default):
+    /// one `decrypt` per ciphertext.
+    fn batching(&self) -> Option<Batching> {
+        None
+    }
+
+    /// Decrypts every item, each judged on its own. The gateway sends at
+    /// most [`Batching::max_items`] items. The default decrypts them one
+    /// after another.
+    async fn decrypt_batch(&self, items: Vec<DecryptItem>) -> BatchResult {
+        let mut results = Vec::with_capacity(items.len());
+        for item in &items {
+            results.push(
+                self.decrypt(&item.uid, &item.key_id, &item.ciphertext, &item.annotations)
+                    .await,
+            );
+        }
+        Ok(results)
+    }
 }

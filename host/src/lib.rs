@@ -37,6 +37,7 @@ pub mod admin_http;
 pub mod allowlist;
 pub mod bench;
 pub mod client;
+pub mod coalesce;
 pub mod config;
 pub mod envelope;
 pub mod error;

@@ -415,6 +415,8 @@ async fn providers(socket: PathBuf) -> anyhow::Result<()> {
                 "loaded_at_unix_ms": p.loaded_at_unix_ms, "generation": p.generation,
                 "healthy": p.healthy, "key_id": p.key_id, "detail": p.detail,
                 "last_reload_error": p.last_reload_error,
+                "batches_decrypts": p.batches_decrypts, "decrypt_batches": p.decrypt_batches,
+                "decrypt_batch_items": p.decrypt_batch_items,
             })
         })
         .collect();

@@ -3,6 +3,8 @@
 //! Key ids appear only as hashes; provider labels only for loaded providers,
 //! so a caller cannot grow the label set with made-up key ids.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,8 +13,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use std::sync::Arc;
 
 use crate::error::{KmsError, ProviderError};
 use crate::slot::Slot;
@@ -67,6 +67,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     healthy: Family<ProviderLabels, Gauge>,
     provider_info: Family<ProviderInfoLabels, Gauge>,
+    decrypt_batches: Family<ProviderLabels, Counter>,
+    decrypt_batch_items: Family<ProviderLabels, Counter>,
     in_flight: Gauge,
 }
 
@@ -135,6 +137,18 @@ impl Metrics {
             "The serving version of each provider (always 1)",
             provider_info.clone(),
         );
+        let decrypt_batches = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "decrypt_batches",
+            "Provider calls that carried two or more coalesced decrypts",
+            decrypt_batches.clone(),
+        );
+        let decrypt_batch_items = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "decrypt_batch_items",
+            "Decrypts carried by those calls",
+            decrypt_batch_items.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "requests_in_flight",
@@ -157,6 +171,8 @@ impl Metrics {
             reloads,
             healthy,
             provider_info,
+            decrypt_batches,
+            decrypt_batch_items,
             in_flight,
         }
     }
@@ -232,6 +248,19 @@ impl Metrics {
                     provider: provider.clone(),
                 })
                 .set(i64::from(health.healthy));
+            // The slot counts across swaps; the counters mirror it.
+            let labels = ProviderLabels {
+                provider: provider.clone(),
+            };
+            let stats = slot.batch_stats();
+            self.decrypt_batches
+                .get_or_create(&labels)
+                .inner()
+                .store(stats.batches.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.decrypt_batch_items
+                .get_or_create(&labels)
+                .inner()
+                .store(stats.items.load(Ordering::Relaxed), Ordering::Relaxed);
             let key_id_hash = health
                 .key_id
                 .map(|id| {

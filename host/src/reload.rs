@@ -14,7 +14,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -98,6 +97,9 @@ pub struct ProviderView {
     pub detail: String,
     /// Why the last reload of this provider was refused; empty if it was not.
     pub last_reload_error: String,
+    pub batches_decrypts: bool,
+    pub decrypt_batches: u64,
+    pub decrypt_batch_items: u64,
 }
 
 pub struct Reloader {
@@ -157,6 +159,9 @@ impl Reloader {
                         .unwrap_or_default(),
                     detail: health.detail,
                     last_reload_error: slot.last_reload_error().unwrap_or_default(),
+                    batches_decrypts: serving.provider.batching().is_some(),
+                    decrypt_batches: slot.batch_stats().batches.load(Ordering::Relaxed),
+                    decrypt_batch_items: slot.batch_stats().items.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -290,12 +295,7 @@ impl Reloader {
 }
 
 fn serving(provider: WasmProvider, origin: crate::slot::Origin) -> Serving {
-    Serving {
-        provider: Arc::new(provider),
-        origin,
-        loaded_at: SystemTime::now(),
-        generation: 0,
-    }
+    Serving::new(Arc::new(provider), origin, 0)
 }
 
 /// Proves `candidate` can take over from a version that produced `samples`.

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -157,12 +157,7 @@ pub async fn load_gateway(runtime: &Runtime, config: &Config) -> Result<Gateway,
         let provider = WasmProvider::load(runtime, provider_config).await?;
         let origin = provider.origin().clone();
         tracing::info!(provider = %provider.name(), sha256 = %origin.sha256, component = ?origin.component, "provider loaded");
-        let serving = Serving {
-            provider: Arc::new(provider),
-            origin,
-            loaded_at: SystemTime::now(),
-            generation: 1,
-        };
+        let serving = Serving::new(Arc::new(provider), origin, 1);
         slots.push(Slot::new(provider_config.name.clone(), serving));
     }
     let primary = config
@@ -208,16 +203,15 @@ pub async fn run_floor(
     mut socket: BoundSocket,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let serving = Serving {
-        provider: Arc::new(crate::floor::NativeAes::random()),
-        origin: crate::slot::Origin {
+    let serving = Serving::new(
+        Arc::new(crate::floor::NativeAes::random()),
+        crate::slot::Origin {
             component: "native".into(),
             sha256: String::new(),
             fingerprint: String::new(),
         },
-        loaded_at: SystemTime::now(),
-        generation: 1,
-    };
+        1,
+    );
     let gateway = Arc::new(Gateway::new(
         vec![Slot::new("floor".into(), serving)],
         "floor",

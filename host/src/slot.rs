@@ -10,8 +10,9 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use crate::coalesce::{BatchStats, Coalescer};
 use crate::error::{Action, KmsError, ProviderError};
-use crate::kms::KmsProvider;
+use crate::kms::{DecryptItem, KmsProvider};
 use crate::limits::{self, Annotations};
 use crate::secret::Plaintext;
 
@@ -34,6 +35,20 @@ pub struct Serving {
     pub loaded_at: SystemTime,
     /// 1 at start, +1 per successful swap.
     pub generation: u64,
+    /// Set by the slot when the provider batches its decrypts.
+    coalescer: Option<Arc<Coalescer>>,
+}
+
+impl Serving {
+    pub fn new(provider: Arc<dyn KmsProvider>, origin: Origin, generation: u64) -> Serving {
+        Serving {
+            provider,
+            origin,
+            loaded_at: SystemTime::now(),
+            generation,
+            coalescer: None,
+        }
+    }
 }
 
 /// The last known state of one provider's backend.
@@ -69,13 +84,16 @@ pub struct Slot {
     pub(crate) refresh_now: Notify,
     samples: Mutex<VecDeque<Sample>>,
     last_reload_error: RwLock<Option<String>>,
+    batch_stats: Arc<BatchStats>,
 }
 
 impl Slot {
     pub fn new(name: String, serving: Serving) -> Slot {
+        let batch_stats = Arc::new(BatchStats::default());
         Slot {
             name,
-            serving: RwLock::new(serving),
+            serving: RwLock::new(with_coalescer(serving, &batch_stats)),
+            batch_stats,
             health: RwLock::new(Health {
                 key_id: None,
                 healthy: false,
@@ -110,7 +128,8 @@ impl Slot {
     }
 
     /// Makes `next` the serving version, with the health its canary saw.
-    pub fn swap(&self, mut next: Serving, health: Health) {
+    pub fn swap(&self, next: Serving, health: Health) {
+        let mut next = with_coalescer(next, &self.batch_stats);
         let mut serving = self.serving.write().expect("serving lock poisoned");
         next.generation = serving.generation + 1;
         *serving = next;
@@ -122,6 +141,11 @@ impl Slot {
     /// Sets the health a canary saw, before the slot serves.
     pub fn swap_health(&self, health: Health) {
         *self.health.write().expect("health lock poisoned") = health;
+    }
+
+    /// Decrypt batches so far, across swaps.
+    pub fn batch_stats(&self) -> &BatchStats {
+        &self.batch_stats
     }
 
     pub fn last_reload_error(&self) -> Option<String> {
@@ -244,11 +268,25 @@ impl Slot {
         ciphertext: &[u8],
         annotations: &Annotations,
     ) -> Result<Plaintext, KmsError> {
-        let plaintext = self
-            .provider()
-            .decrypt(uid, key_id, ciphertext, annotations)
-            .await
-            .map_err(|e| self.error(Action::Decrypt, e))?;
+        let serving = self.serving();
+        let result = match &serving.coalescer {
+            Some(coalescer) => {
+                let item = DecryptItem {
+                    uid: uid.to_string(),
+                    key_id: key_id.to_string(),
+                    ciphertext: ciphertext.to_vec(),
+                    annotations: annotations.clone(),
+                };
+                coalescer.decrypt(item).await
+            }
+            None => {
+                serving
+                    .provider
+                    .decrypt(uid, key_id, ciphertext, annotations)
+                    .await
+            }
+        };
+        let plaintext = result.map_err(|e| self.error(Action::Decrypt, e))?;
         limits::check_plaintext(plaintext.as_bytes()).map_err(|e| {
             self.error(
                 Action::Decrypt,
@@ -281,6 +319,18 @@ impl Slot {
             error,
         }
     }
+}
+
+/// Gives `serving` a coalescer if its provider batches decrypts.
+fn with_coalescer(mut serving: Serving, stats: &Arc<BatchStats>) -> Serving {
+    serving.coalescer = serving.provider.batching().map(|batching| {
+        Arc::new(Coalescer::new(
+            serving.provider.clone(),
+            batching,
+            stats.clone(),
+        ))
+    });
+    serving
 }
 
 /// A provider's own key id must be non-empty and leave room for the prefix.

@@ -41,6 +41,9 @@ impl Admin for AdminService {
                 key_id: p.key_id,
                 detail: p.detail,
                 last_reload_error: p.last_reload_error,
+                batches_decrypts: p.batches_decrypts,
+                decrypt_batches: p.decrypt_batches,
+                decrypt_batch_items: p.decrypt_batch_items,
             })
             .collect();
         Ok(Response::new(ProvidersResponse {

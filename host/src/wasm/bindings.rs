@@ -6,8 +6,11 @@ use crate::kms::{Encrypted, ProviderStatus};
 use crate::limits::Annotations;
 use crate::outbound::{Method, OutboundError, OutboundRequest, OutboundResponse};
 
+// The larger world: it includes `provider` and adds the optional
+// `kms-batch` export. Exports are looked up one interface at a time
+// (`GuestIndices`), so components without `kms-batch` load too.
 wasmtime::component::bindgen!({
-    world: "provider",
+    world: "batching-provider",
     path: "../wit",
     imports: {
         // Outbound HTTP awaits the network; everything else answers at once.
@@ -17,7 +20,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::exports::kmsgate::provider::kms;
+pub use self::exports::kmsgate::provider::{kms, kms_batch};
 pub use self::kmsgate::provider::outbound_http as http;
 pub use self::kmsgate::provider::types::{Annotation, KmsError};
 
@@ -70,6 +73,15 @@ fn annotations_from_wit(list: Vec<Annotation>) -> Result<Annotations, ProviderEr
         map.insert(key, value);
     }
     Ok(map)
+}
+
+pub fn decrypt_item_to_wit(item: &crate::kms::DecryptItem) -> kms_batch::DecryptItem {
+    kms_batch::DecryptItem {
+        uid: item.uid.clone(),
+        key_id: item.key_id.clone(),
+        ciphertext: item.ciphertext.clone(),
+        annotations: annotations_to_wit(&item.annotations),
+    }
 }
 
 pub fn annotations_to_wit(map: &Annotations) -> Vec<Annotation> {

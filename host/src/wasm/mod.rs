@@ -33,17 +33,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 
-use self::bindings::{Provider, ProviderPre, annotations_to_wit};
+use self::bindings::{BatchingProvider, annotations_to_wit, decrypt_item_to_wit, kms, kms_batch};
 use self::cache::CompileCache;
 use self::host::{HostState, ProviderShared};
 use crate::config::ProviderConfig;
 use crate::error::ProviderError;
-use crate::kms::{Encrypted, KmsProvider, ProviderStatus};
+use crate::kms::{BatchResult, Batching, DecryptItem, Encrypted, KmsProvider, ProviderStatus};
 use crate::limits::Annotations;
 use crate::outbound::{OutboundClient, OutboundSettings};
 use crate::secret::{Plaintext, Secret};
@@ -100,7 +100,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Provider::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        BatchingProvider::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -187,7 +187,11 @@ pub struct LoadError {
 /// A loaded provider component, ready to serve calls.
 pub struct WasmProvider {
     name: String,
-    pre: ProviderPre<HostState>,
+    pre: InstancePre<HostState>,
+    kms: kms::GuestIndices,
+    /// Present when the component exports `kms-batch`.
+    kms_batch: Option<kms_batch::GuestIndices>,
+    batching: Option<Batching>,
     shared: Arc<ProviderShared>,
     memory_cap: usize,
     cpu_budget: Duration,
@@ -201,7 +205,8 @@ pub struct WasmProvider {
 /// A live instance in its own store.
 struct Instance {
     store: Store<HostState>,
-    provider: Provider,
+    kms: kms::Guest,
+    kms_batch: Option<kms_batch::Guest>,
     /// Linear memory right after instantiation.
     memory_at_start: usize,
     /// Calls begun in this instance.
@@ -242,11 +247,19 @@ impl WasmProvider {
             .await
             .map_err(fail)?;
         tracing::debug!(provider = %config.name, sha256 = %origin.sha256, cached, "component compiled");
+        let not_fitting =
+            |e: wasmtime::Error| fail(format!("does not fit the kmsgate:provider world: {e}"));
         let pre = runtime
             .linker
             .instantiate_pre(&component)
-            .and_then(ProviderPre::new)
-            .map_err(|e| fail(format!("does not fit the kmsgate:provider world: {e}")))?;
+            .map_err(not_fitting)?;
+        let kms = kms::GuestIndices::new(&pre).map_err(not_fitting)?;
+        let kms_batch = kms_batch::GuestIndices::new(&pre).ok();
+        let batch = &config.batch;
+        let batching = (kms_batch.is_some() && batch.max_items > 1).then(|| Batching {
+            max_items: batch.max_items as usize,
+            max_in_flight: batch.max_in_flight as usize,
+        });
         let outbound = OutboundSettings::from_config(&config.outbound, secrets)
             .and_then(OutboundClient::new)
             .map_err(fail)?;
@@ -254,6 +267,9 @@ impl WasmProvider {
         let provider = WasmProvider {
             name: config.name.clone(),
             pre,
+            kms,
+            kms_batch,
+            batching,
             shared: Arc::new(ProviderShared {
                 name: config.name.clone(),
                 settings,
@@ -287,12 +303,8 @@ impl WasmProvider {
 
     async fn init(&self) -> Result<(), ProviderError> {
         self.bounded(async {
-            let Instance {
-                mut store,
-                provider,
-                ..
-            } = self.instantiate().await?;
-            let result = provider.kmsgate_provider_kms().call_init(&mut store).await;
+            let Instance { mut store, kms, .. } = self.instantiate().await?;
+            let result = kms.call_init(&mut store).await;
             // `init` is a check, not a warm-up: its instance is not kept.
             match result {
                 Ok(returned) => returned.map_err(Into::into),
@@ -353,15 +365,26 @@ impl WasmProvider {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        match self.pre.instantiate_async(&mut store).await {
-            Ok(provider) => Ok(Instance {
-                memory_at_start: store.data().limiter.memory_used(),
-                store,
-                provider,
-                calls: 0,
-            }),
-            Err(error) => Err(self.classify(&store, error)),
-        }
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(error) => return Err(self.classify(&store, error)),
+        };
+        // Loading type-checks the exports' signatures.
+        let not_fitting = |e: wasmtime::Error| {
+            ProviderError::Contract(format!("does not fit the kmsgate:provider world: {e}"))
+        };
+        let kms = self.kms.load(&mut store, &instance).map_err(not_fitting)?;
+        let kms_batch = match &self.kms_batch {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(not_fitting)?),
+            None => None,
+        };
+        Ok(Instance {
+            memory_at_start: store.data().limiter.memory_used(),
+            store,
+            kms,
+            kms_batch,
+            calls: 0,
+        })
     }
 
     /// Settles a call: flattens its two channels (trap or `kms-error`) into
@@ -419,11 +442,7 @@ impl KmsProvider for WasmProvider {
     async fn status(&self) -> Result<ProviderStatus, ProviderError> {
         self.bounded(async {
             let mut instance = self.check_out().await?;
-            let result = instance
-                .provider
-                .kmsgate_provider_kms()
-                .call_status(&mut instance.store)
-                .await;
+            let result = instance.kms.call_status(&mut instance.store).await;
             self.finish(instance, result)
         })
         .await
@@ -438,8 +457,7 @@ impl KmsProvider for WasmProvider {
         self.bounded(async {
             let mut instance = self.check_out().await?;
             let result = instance
-                .provider
-                .kmsgate_provider_kms()
+                .kms
                 .call_encrypt(&mut instance.store, uid, key_id, plaintext.as_bytes())
                 .await;
             self.finish(instance, result)
@@ -458,12 +476,38 @@ impl KmsProvider for WasmProvider {
             let mut instance = self.check_out().await?;
             let annotations = annotations_to_wit(annotations);
             let result = instance
-                .provider
-                .kmsgate_provider_kms()
+                .kms
                 .call_decrypt(&mut instance.store, uid, key_id, ciphertext, &annotations)
                 .await;
             let plaintext: Vec<u8> = self.finish(instance, result)?;
             Ok(Plaintext::new(plaintext))
+        })
+        .await
+    }
+
+    fn batching(&self) -> Option<Batching> {
+        self.batching
+    }
+
+    async fn decrypt_batch(&self, items: Vec<DecryptItem>) -> BatchResult {
+        self.bounded(async {
+            let mut instance = self.check_out().await?;
+            let Some(kms_batch) = instance.kms_batch.take() else {
+                return Err(ProviderError::Contract(
+                    "decrypt-batch called on a provider without kms-batch".into(),
+                ));
+            };
+            let items: Vec<_> = items.iter().map(decrypt_item_to_wit).collect();
+            let result = kms_batch
+                .call_decrypt_batch(&mut instance.store, &items)
+                .await;
+            instance.kms_batch = Some(kms_batch);
+            let results: Vec<Result<Vec<u8>, bindings::KmsError>> =
+                self.finish(instance, result)?;
+            Ok(results
+                .into_iter()
+                .map(|result| result.map(Plaintext::new).map_err(Into::into))
+                .collect())
         })
         .await
     }

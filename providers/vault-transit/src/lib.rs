@@ -47,7 +47,7 @@ mod transit;
 #[allow(unsafe_code)]
 mod bindings {
     wit_bindgen::generate!({
-        world: "provider",
+        world: "batching-provider",
         path: "../../wit",
         generate_all,
     });
@@ -61,6 +61,7 @@ mod bindings {
 }
 
 use bindings::exports::kmsgate::provider::kms::{Encrypted, Guest, StatusInfo};
+use bindings::exports::kmsgate::provider::kms_batch::{self, DecryptItem};
 use bindings::kmsgate::provider::outbound_http::{self, HttpError};
 use bindings::kmsgate::provider::types::{Annotation, KmsError};
 use bindings::wasi::config::store;
@@ -132,6 +133,42 @@ impl Guest for VaultTransit {
     }
 }
 
+impl kms_batch::Guest for VaultTransit {
+    /// One Transit request for every item that passes the local checks;
+    /// the others fail on their own without reaching Vault.
+    fn decrypt_batch(items: Vec<DecryptItem>) -> Result<Vec<Result<Vec<u8>, KmsError>>, KmsError> {
+        let settings = settings()?;
+        let mut results: Vec<Option<Result<Vec<u8>, KmsError>>> = Vec::with_capacity(items.len());
+        let mut texts = Vec::new();
+        let mut sent = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            match settings.decrypt_text(&item.key_id, &item.ciphertext) {
+                Ok(text) => {
+                    texts.push(text);
+                    sent.push(index);
+                    results.push(None);
+                }
+                Err(error) => results.push(Some(Err(kms_error(error)))),
+            }
+        }
+        if !texts.is_empty() {
+            let request = settings.decrypt_batch_request(&texts);
+            let response = outbound_http::send(&to_outbound(request))
+                .map_err(|e| http_error(&settings, Action::Decrypt, e))?;
+            let answers = settings
+                .parse_decrypt_batch(response.status, &response.body, texts.len())
+                .map_err(kms_error)?;
+            for (index, answer) in sent.into_iter().zip(answers) {
+                results[index] = Some(answer.map_err(kms_error));
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|result| result.expect("every item answered"))
+            .collect())
+    }
+}
+
 /// Reads the settings; a failing store is a configuration problem.
 fn settings() -> Result<Settings, KmsError> {
     let mut values = Vec::with_capacity(Settings::NAMES.len());
@@ -160,7 +197,15 @@ fn send(
     action: Action,
     request: transit::Request,
 ) -> Result<Vec<u8>, KmsError> {
-    let request = outbound_http::Request {
+    let response =
+        outbound_http::send(&to_outbound(request)).map_err(|e| http_error(settings, action, e))?;
+    settings
+        .check(action, response.status, response.body)
+        .map_err(kms_error)
+}
+
+fn to_outbound(request: transit::Request) -> outbound_http::Request {
+    outbound_http::Request {
         method: match request.method {
             transit::Method::Get => outbound_http::Method::Get,
             transit::Method::Post => outbound_http::Method::Post,
@@ -169,11 +214,7 @@ fn send(
         headers: request.headers,
         secret_headers: request.secret_headers,
         body: request.body,
-    };
-    let response = outbound_http::send(&request).map_err(|e| http_error(settings, action, e))?;
-    settings
-        .check(action, response.status, response.body)
-        .map_err(kms_error)
+    }
 }
 
 /// Maps the host's refusal to send (or finish) a request.

@@ -131,6 +131,27 @@ struct DecryptData {
     plaintext: String,
 }
 
+#[derive(Serialize)]
+struct DecryptBatchBody<'a> {
+    batch_input: Vec<DecryptBody<'a>>,
+    /// Some items failing is an answer, not a failed request: answer 200
+    /// with per-item errors. (Vault still answers 400 when all fail.)
+    partial_failure_response_code: u16,
+}
+
+#[derive(Deserialize)]
+struct DecryptBatchData {
+    batch_results: Vec<DecryptBatchItem>,
+}
+
+#[derive(Deserialize)]
+struct DecryptBatchItem {
+    #[serde(default)]
+    plaintext: String,
+    #[serde(default)]
+    error: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct ErrorBody {
     #[serde(default)]
@@ -165,6 +186,15 @@ impl Settings {
     /// Transit ciphertext of the version `key_id` names; anything else never
     /// reaches Vault.
     pub fn decrypt_request(&self, key_id: &str, ciphertext: &[u8]) -> Result<Request, Error> {
+        let body = DecryptBody {
+            ciphertext: self.decrypt_text(key_id, ciphertext)?,
+        };
+        Ok(self.request(Method::Post, "decrypt", to_json(&body)))
+    }
+
+    /// The ciphertext as Transit takes it, if it is a Transit ciphertext of
+    /// the version `key_id` names.
+    pub fn decrypt_text<'a>(&self, key_id: &str, ciphertext: &'a [u8]) -> Result<&'a str, Error> {
         let key_version = self.key_version(key_id)?;
         let (text, version) = split_ciphertext(ciphertext).map_err(Error::InvalidCiphertext)?;
         if version != key_version {
@@ -172,8 +202,58 @@ impl Settings {
                 "ciphertext is for key version {version}, key id says {key_version}"
             )));
         }
-        let body = DecryptBody { ciphertext: text };
-        Ok(self.request(Method::Post, "decrypt", to_json(&body)))
+        Ok(text)
+    }
+
+    /// `POST .../decrypt/{key}` with `batch_input`: one request for many
+    /// ciphertexts (each already passed [`Settings::decrypt_text`]). Every
+    /// item carries its own key version in its `vault:v{N}:` prefix.
+    pub fn decrypt_batch_request(&self, texts: &[&str]) -> Request {
+        let body = DecryptBatchBody {
+            batch_input: texts
+                .iter()
+                .map(|text| DecryptBody { ciphertext: text })
+                .collect(),
+            partial_failure_response_code: 200,
+        };
+        self.request(Method::Post, "decrypt", to_json(&body))
+    }
+
+    /// Parses a batch decrypt answer into one result per item. An answer
+    /// with `batch_results` for every item is judged item by item, whatever
+    /// its status (Vault answers 400 when every item failed); any other
+    /// answer fails the whole batch like a single decrypt would.
+    pub fn parse_decrypt_batch(
+        &self,
+        status: u16,
+        body: &[u8],
+        expected: usize,
+    ) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
+        let parsed = serde_json::from_slice::<Envelope<DecryptBatchData>>(body)
+            .ok()
+            .map(|envelope| envelope.data.batch_results)
+            .filter(|results| results.len() == expected);
+        let Some(results) = parsed.filter(|_| (200..300).contains(&status) || status == 400) else {
+            return Err(match self.check(Action::Decrypt, status, body.to_vec()) {
+                Ok(_) => Error::Internal(format!(
+                    "Vault's batch decrypt answer does not hold {expected} results"
+                )),
+                Err(error) => error,
+            });
+        };
+        Ok(results
+            .into_iter()
+            .map(|item| match item.error.filter(|e| !e.is_empty()) {
+                Some(message) => {
+                    Err(self.classify_message(Action::Decrypt, 400, Some(truncate(message.trim()))))
+                }
+                None => STANDARD.decode(item.plaintext.as_bytes()).map_err(|_| {
+                    Error::Internal(
+                        "Vault's batch decrypt answer holds a plaintext that is not base64".into(),
+                    )
+                }),
+            })
+            .collect())
     }
 
     fn request(&self, method: Method, endpoint: &str, body: Vec<u8>) -> Request {
@@ -204,7 +284,11 @@ impl Settings {
 
     /// Classifies a failed answer by status code and Vault's `errors`.
     pub fn classify(&self, action: Action, status: u16, body: &[u8]) -> Error {
-        let message = vault_message(body);
+        self.classify_message(action, status, vault_message(body))
+    }
+
+    /// Classifies by status code and Vault's error text (already cut).
+    fn classify_message(&self, action: Action, status: u16, message: Option<String>) -> Error {
         let lower = message.as_deref().unwrap_or_default().to_ascii_lowercase();
         let has = |needle: &str| lower.contains(needle);
         let detail = match &message {

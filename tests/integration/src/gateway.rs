@@ -25,6 +25,7 @@ pub struct ProviderSpec {
     secrets: Vec<(String, String)>,
     outbound: Table,
     limits: Table,
+    batch: Table,
     sha256: Option<String>,
 }
 
@@ -38,6 +39,7 @@ impl ProviderSpec {
             secrets: Vec::new(),
             outbound: Table::new(),
             limits: Table::new(),
+            batch: Table::new(),
             sha256: None,
         }
     }
@@ -103,9 +105,15 @@ impl ProviderSpec {
     }
 
     /// Sets one `[providers.limits]` key (`memory_mib`, `cpu_ms`,
-    /// `call_timeout_ms`).
+    /// `call_timeout_ms`, `calls_per_instance`).
     pub fn limit(mut self, key: &str, value: i64) -> Self {
         self.limits.insert(key.into(), Value::Integer(value));
+        self
+    }
+
+    /// Sets one `[providers.batch]` key (`max_items`, `max_in_flight`).
+    pub fn batch(mut self, key: &str, value: i64) -> Self {
+        self.batch.insert(key.into(), Value::Integer(value));
         self
     }
 
@@ -131,6 +139,7 @@ impl ProviderSpec {
         table.insert("secrets".into(), Value::Table(secrets));
         table.insert("outbound".into(), Value::Table(self.outbound.clone()));
         table.insert("limits".into(), Value::Table(self.limits.clone()));
+        table.insert("batch".into(), Value::Table(self.batch.clone()));
         table
     }
 }

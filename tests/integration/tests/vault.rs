@@ -260,3 +260,86 @@ async fn a_wrong_token_is_permission_denied_not_unavailable() {
     let error = load_error(spec).await;
     assert!(error.contains("permission denied"), "{error}");
 }
+
+/// Concurrent decrypts of `sealed` (plaintext i is `dek-{i}`), and of every
+/// `bad` ciphertext (under key id `vault/kube:v1`), all at once. Returns the
+/// codes of the bad ones; panics if a good one comes back wrong.
+async fn decrypt_all_at_once(
+    client: &kmsgate::client::V2Client,
+    sealed: &[kmsgate::proto::v2::EncryptResponse],
+    bad: &[Vec<u8>],
+) -> Vec<Code> {
+    let mut calls = tokio::task::JoinSet::new();
+    for (i, sealed) in sealed.iter().enumerate() {
+        let (mut client, request) = (client.clone(), decrypt_request(sealed));
+        calls.spawn(async move {
+            let plaintext = client
+                .decrypt(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .plaintext;
+            assert_eq!(plaintext, format!("dek-{i}").into_bytes());
+            None
+        });
+    }
+    for ciphertext in bad {
+        let mut client = client.clone();
+        let request =
+            kmsgate_integration::requests::decrypt_raw(ciphertext.clone(), "vault/kube:v1");
+        calls.spawn(async move { Some(client.decrypt(request).await.unwrap_err().code()) });
+    }
+    calls.join_all().await.into_iter().flatten().collect()
+}
+
+#[tokio::test]
+async fn a_decrypt_storm_is_batched_and_every_answer_is_its_own() {
+    let bao = OpenBao::dev().await;
+    let gateway = TestGateway::new()
+        .with_provider(ProviderSpec::vault("vault", &bao, "kube"))
+        .start()
+        .await;
+    let mut client = gateway.v2().await;
+    let mut sealed = Vec::new();
+    for i in 0..300 {
+        let request = encrypt_request(format!("dek-{i}").as_bytes());
+        sealed.push(client.encrypt(request).await.unwrap().into_inner());
+    }
+    // Tampered (Vault refuses it inside the batch) and of a version the key
+    // id does not name (refused before Vault).
+    let mut tampered = sealed[0].ciphertext.clone();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let wrong_version = b"vault:v9:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_vec();
+
+    let codes = decrypt_all_at_once(&client, &sealed, &[tampered, wrong_version]).await;
+    assert_eq!(codes, [Code::InvalidArgument, Code::InvalidArgument]);
+
+    let info = gateway.provider("vault").await;
+    assert!(info.batches_decrypts);
+    assert!(
+        info.decrypt_batches > 0 && info.decrypt_batch_items > info.decrypt_batches,
+        "302 concurrent decrypts made {} batches of {} items",
+        info.decrypt_batches,
+        info.decrypt_batch_items
+    );
+}
+
+#[tokio::test]
+async fn batching_can_be_turned_off() {
+    let bao = OpenBao::dev().await;
+    let gateway = TestGateway::new()
+        .with_provider(ProviderSpec::vault("vault", &bao, "kube").batch("max_items", 1))
+        .start()
+        .await;
+    let mut client = gateway.v2().await;
+    let mut sealed = Vec::new();
+    for i in 0..50 {
+        let request = encrypt_request(format!("dek-{i}").as_bytes());
+        sealed.push(client.encrypt(request).await.unwrap().into_inner());
+    }
+    decrypt_all_at_once(&client, &sealed, &[]).await;
+    let info = gateway.provider("vault").await;
+    assert!(!info.batches_decrypts);
+    assert_eq!((info.decrypt_batches, info.decrypt_batch_items), (0, 0));
+}

@@ -342,3 +342,62 @@ fn check_passes_success_bodies_through() {
     );
     assert!(s.check(Action::ReadKey, 403, Vec::new()).is_err());
 }
+
+// --- batch decrypt ---
+
+#[test]
+fn decrypt_batch_request_sends_every_ciphertext_and_asks_for_partial_answers() {
+    let r = settings().decrypt_batch_request(&["vault:v1:AAAA", "vault:v2:BBBB"]);
+    assert_eq!(r.url, "http://127.0.0.1:8200/v1/transit/decrypt/kube");
+    assert_eq!(
+        json(&r.body),
+        serde_json::json!({
+            "batch_input": [{"ciphertext": "vault:v1:AAAA"}, {"ciphertext": "vault:v2:BBBB"}],
+            "partial_failure_response_code": 200,
+        })
+    );
+}
+
+#[test]
+fn batch_answers_are_judged_item_by_item() {
+    // As OpenBao answers a batch with one good and two bad ciphertexts.
+    let body = br#"{"data":{"batch_results":[
+        {"plaintext":"aGk=","reference":""},
+        {"plaintext":"","error":"cipher: message authentication failed","reference":""},
+        {"plaintext":"","error":"invalid ciphertext: version is too new","reference":""}]}}"#;
+    let results = settings().parse_decrypt_batch(200, body, 3).unwrap();
+    assert_eq!(results[0], Ok(b"hi".to_vec()));
+    assert!(matches!(&results[1], Err(Error::InvalidCiphertext(_))));
+    assert!(matches!(&results[2], Err(Error::InvalidCiphertext(_))));
+
+    // Every item failed: Vault answers 400, still with per-item results.
+    let body = br#"{"data":{"batch_results":[{"plaintext":"","error":"cipher: message authentication failed"}]}}"#;
+    let results = settings().parse_decrypt_batch(400, body, 1).unwrap();
+    assert!(matches!(&results[0], Err(Error::InvalidCiphertext(_))));
+}
+
+#[test]
+fn a_failed_batch_request_fails_every_item() {
+    let s = settings();
+    let denied = br#"{"errors":["permission denied"]}"#;
+    assert!(matches!(
+        s.parse_decrypt_batch(403, denied, 2),
+        Err(Error::PermissionDenied(_))
+    ));
+    let sealed = br#"{"errors":["Vault is sealed"]}"#;
+    assert!(matches!(
+        s.parse_decrypt_batch(503, sealed, 2),
+        Err(Error::Unavailable(_))
+    ));
+    let missing = br#"{"errors":["encryption key not found"]}"#;
+    assert!(matches!(
+        s.parse_decrypt_batch(400, missing, 2),
+        Err(Error::UnknownKey(_))
+    ));
+    // The wrong number of results is not something to hand out piecemeal.
+    let short = br#"{"data":{"batch_results":[{"plaintext":"aGk="}]}}"#;
+    assert!(matches!(
+        s.parse_decrypt_batch(200, short, 2),
+        Err(Error::Internal(_))
+    ));
+}
