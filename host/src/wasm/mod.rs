@@ -256,7 +256,7 @@ impl WasmProvider {
         let kms = kms::GuestIndices::new(&pre).map_err(not_fitting)?;
         let kms_batch = kms_batch::GuestIndices::new(&pre).ok();
         let batch = &config.batch;
-        let batching = (kms_batch.is_some() && batch.max_items > 1).then(|| Batching {
+        let batching = (kms_batch.is_some() && batch.max_items > 1).then_some(Batching {
             max_items: batch.max_items as usize,
             max_in_flight: batch.max_in_flight as usize,
         });
