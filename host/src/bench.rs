@@ -3,7 +3,13 @@
 //!
 //! The generator shares one gRPC connection among its workers, as
 //! kube-apiserver does. Decrypt runs over a pool of ciphertexts made during
-//! warm-up. Latencies are per call, merged and sorted at the end.
+//! warm-up; with `distinct`, over that many ciphertexts, each decrypted
+//! once and no warm-up (a cold-start decrypt storm). Latencies are per
+//! call, merged and sorted at the end.
+//!
+//! Besides a KMS socket, the target can be Vault Transit itself
+//! ([`Target::VaultDirect`]): the same operations sent by a native HTTP
+//! client straight to Vault, the cost any Vault plugin pays.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,9 +38,24 @@ pub enum Operation {
     Mix,
 }
 
+/// What to load.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A KMS plugin's Unix socket.
+    Socket(PathBuf),
+    /// Vault Transit over HTTP, no plugin in between.
+    VaultDirect {
+        /// `http://host:port`.
+        address: String,
+        mount: String,
+        key: String,
+        token: crate::secret::Secret,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    pub socket: PathBuf,
+    pub target: Target,
     pub api: Api,
     pub operation: Operation,
     pub concurrency: usize,
@@ -44,6 +65,9 @@ pub struct BenchOptions {
     pub count: Option<u64>,
     pub warmup: Duration,
     pub plaintext_bytes: usize,
+    /// Decrypt this many distinct ciphertexts, each once (made first, not
+    /// timed); no warm-up.
+    pub distinct: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,11 +106,12 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-/// One client, either API.
+/// One client: a KMS API over the socket, or Vault directly.
 #[derive(Clone)]
 enum Client {
     V2(client::V2Client),
     V1beta1(client::V1beta1Client),
+    Vault(VaultDirect),
 }
 
 /// What decrypt needs to replay an encrypt.
@@ -124,6 +149,11 @@ impl Client {
                     annotations: Default::default(),
                 })
             }
+            Client::Vault(vault) => Ok(Sealed {
+                ciphertext: vault.encrypt(plaintext).await?,
+                key_id: String::new(),
+                annotations: Default::default(),
+            }),
         }
     }
 
@@ -145,6 +175,7 @@ impl Client {
                 };
                 client.decrypt(request).await.map(|_| ())
             }
+            Client::Vault(vault) => vault.decrypt(&sealed.ciphertext).await,
         }
     }
 
@@ -171,37 +202,44 @@ impl Client {
 /// Runs the load and reports. Errors only if the socket cannot be reached
 /// or the warm-up cannot make a single ciphertext.
 pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
-    let channel = client::connect(&options.socket)
-        .await
-        .map_err(|e| format!("connecting to {:?}: {e}", options.socket))?;
-    let mut client = match options.api {
-        Api::V2 => Client::V2(client::V2Client::new(channel)),
-        Api::V1beta1 => Client::V1beta1(client::V1beta1Client::new(channel)),
+    let client = match &options.target {
+        Target::Socket(socket) => {
+            let channel = client::connect(socket)
+                .await
+                .map_err(|e| format!("connecting to {socket:?}: {e}"))?;
+            match options.api {
+                Api::V2 => Client::V2(client::V2Client::new(channel)),
+                Api::V1beta1 => Client::V1beta1(client::V1beta1Client::new(channel)),
+            }
+        }
+        Target::VaultDirect {
+            address,
+            mount,
+            key,
+            token,
+        } => Client::Vault(VaultDirect::new(address, mount, key, token)?),
     };
     let plaintext = vec![0x5a; options.plaintext_bytes.max(1)];
-    let mut pool = Vec::new();
-    for _ in 0..64 {
-        pool.push(
-            client
-                .encrypt(&plaintext)
-                .await
-                .map_err(|e| format!("warm-up encrypt failed: {e}"))?,
-        );
-    }
-    let pool = Arc::new(pool);
+    let pool = Arc::new(make_pool(&client, options, &plaintext).await?);
 
-    // Warm-up: the same load, not recorded.
-    let warm_until = Instant::now() + options.warmup;
-    drive(&client, options, &pool, &plaintext, warm_until, None).await;
+    // Warm-up: the same load, not recorded. A storm has none: it is cold.
+    if options.distinct.is_none() {
+        let warm_until = Instant::now() + options.warmup;
+        drive(&client, options, &pool, &plaintext, warm_until, None).await;
+    }
 
     let started = Instant::now();
+    let count = match options.distinct {
+        Some(distinct) => Some(options.count.unwrap_or(u64::MAX).min(distinct as u64)),
+        None => options.count,
+    };
     let (latencies, errors) = drive(
         &client,
         options,
         &pool,
         &plaintext,
         started + options.duration,
-        options.count,
+        count,
     )
     .await;
     let seconds = started.elapsed().as_secs_f64();
@@ -228,6 +266,35 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         max_us: sorted.last().copied().unwrap_or(0),
         errors,
     })
+}
+
+/// The ciphertexts decrypt runs over: 64, or `distinct` (made by
+/// `concurrency` workers, so a big storm is quick to set up).
+async fn make_pool(
+    client: &Client,
+    options: &BenchOptions,
+    plaintext: &[u8],
+) -> Result<Vec<Sealed>, String> {
+    let wanted = options.distinct.unwrap_or(64).max(1);
+    let workers = options.concurrency.clamp(1, wanted);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..workers {
+        let mut client = client.clone();
+        let plaintext = plaintext.to_vec();
+        let share = wanted / workers + usize::from(worker < wanted % workers);
+        tasks.spawn(async move {
+            let mut made = Vec::with_capacity(share);
+            for _ in 0..share {
+                made.push(client.encrypt(&plaintext).await?);
+            }
+            Ok::<_, tonic::Status>(made)
+        });
+    }
+    let mut pool = Vec::with_capacity(wanted);
+    for made in tasks.join_all().await {
+        pool.extend(made.map_err(|e| format!("making ciphertexts to decrypt failed: {e}"))?);
+    }
+    Ok(pool)
 }
 
 /// `concurrency` workers until `until` or `count` calls; returns the
@@ -276,4 +343,93 @@ async fn drive(
         }
     }
     (latencies, errors)
+}
+
+/// Vault Transit without a plugin: what a Vault KMS plugin does per call,
+/// from a native client (reqwest, a pooled keep-alive connection per
+/// worker, as kmsgate's outbound client has).
+#[derive(Clone)]
+struct VaultDirect {
+    http: reqwest::Client,
+    encrypt_url: String,
+    decrypt_url: String,
+    token: reqwest::header::HeaderValue,
+}
+
+impl VaultDirect {
+    fn new(
+        address: &str,
+        mount: &str,
+        key: &str,
+        token: &crate::secret::Secret,
+    ) -> Result<VaultDirect, String> {
+        let address = address.trim_end_matches('/');
+        let mut token = reqwest::header::HeaderValue::from_str(token.expose())
+            .map_err(|_| "the Vault token is not a valid header value".to_string())?;
+        token.set_sensitive(true);
+        Ok(VaultDirect {
+            http: reqwest::Client::builder()
+                .build()
+                .map_err(|e| format!("building the HTTP client: {e}"))?,
+            encrypt_url: format!("{address}/v1/{mount}/encrypt/{key}"),
+            decrypt_url: format!("{address}/v1/{mount}/decrypt/{key}"),
+            token,
+        })
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, tonic::Status> {
+        let response = self
+            .http
+            .post(url)
+            .header("x-vault-token", self.token.clone())
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| tonic::Status::internal("Vault's answer is not JSON"))?;
+        if !status.is_success() {
+            return Err(tonic::Status::internal(format!("Vault answered {status}")));
+        }
+        Ok(body)
+    }
+
+    async fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+        use base64::Engine as _;
+        let plaintext = base64::engine::general_purpose::STANDARD.encode(plaintext);
+        let body = self
+            .post(
+                &self.encrypt_url,
+                serde_json::json!({ "plaintext": plaintext }),
+            )
+            .await?;
+        body["data"]["ciphertext"]
+            .as_str()
+            .map(|c| c.as_bytes().to_vec())
+            .ok_or_else(|| tonic::Status::internal("no ciphertext in Vault's answer"))
+    }
+
+    async fn decrypt(&self, ciphertext: &[u8]) -> Result<(), tonic::Status> {
+        let ciphertext = String::from_utf8_lossy(ciphertext);
+        let body = self
+            .post(
+                &self.decrypt_url,
+                serde_json::json!({ "ciphertext": ciphertext }),
+            )
+            .await?;
+        match body["data"]["plaintext"].as_str() {
+            Some(_) => Ok(()),
+            None => Err(tonic::Status::internal("no plaintext in Vault's answer")),
+        }
+    }
 }

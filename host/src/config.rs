@@ -49,6 +49,12 @@ pub struct Config {
     /// Default 300.
     #[serde(default = "default_reload_debounce_ms")]
     pub reload_debounce_ms: u64,
+    /// Where compiled components are kept between restarts, so a start
+    /// does not compile again. Must belong to the daemon's user and be
+    /// writable by no one else (created 0700 if missing); otherwise it is
+    /// not used, with a warning. Default: none (compile at every start).
+    #[serde(default)]
+    pub compile_cache_dir: Option<PathBuf>,
     /// The admin HTTP server: probes, metrics, the providers view.
     #[serde(default)]
     pub admin: AdminConfig,

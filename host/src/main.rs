@@ -88,8 +88,20 @@ enum Command {
     /// Load-test any KMS plugin socket (kmsgate or not): throughput,
     /// p50/p90/p99/max latency, errors by gRPC code.
     Bench {
-        #[arg(long, short)]
-        socket: PathBuf,
+        /// The KMS plugin's socket.
+        #[arg(long, short, required_unless_present = "vault_direct")]
+        socket: Option<PathBuf>,
+        /// Instead of a socket, send the same operations straight to Vault
+        /// Transit at this address (token from $VAULT_TOKEN): the baseline
+        /// any Vault plugin pays.
+        #[arg(long, conflicts_with = "socket", requires = "vault_key")]
+        vault_direct: Option<String>,
+        /// The Transit key for --vault-direct.
+        #[arg(long)]
+        vault_key: Option<String>,
+        /// The Transit mount for --vault-direct.
+        #[arg(long, default_value = "transit")]
+        vault_mount: String,
         #[arg(long, value_enum, default_value_t = kmsgate::bench::Api::V2)]
         api: kmsgate::bench::Api,
         #[arg(long = "op", value_enum, default_value_t = kmsgate::bench::Operation::Encrypt)]
@@ -109,6 +121,10 @@ enum Command {
         /// Plaintext size (Kubernetes sends 32-byte keys).
         #[arg(long, default_value_t = 32)]
         plaintext_bytes: usize,
+        /// A cold-start decrypt storm: decrypt this many distinct
+        /// ciphertexts (made first, not timed), each once, no warm-up.
+        #[arg(long)]
+        distinct: Option<usize>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -155,6 +171,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Reload { socket } => reload(socket).await,
         Command::Bench {
             socket,
+            vault_direct,
+            vault_key,
+            vault_mount,
             api,
             operation,
             concurrency,
@@ -162,10 +181,24 @@ async fn main() -> anyhow::Result<()> {
             count,
             warmup,
             plaintext_bytes,
+            distinct,
             json,
         } => {
+            let target = match (socket, vault_direct) {
+                (Some(socket), _) => kmsgate::bench::Target::Socket(socket),
+                (None, Some(address)) => kmsgate::bench::Target::VaultDirect {
+                    address,
+                    mount: vault_mount,
+                    key: vault_key.expect("clap requires --vault-key"),
+                    token: kmsgate::secret::Secret::new(
+                        std::env::var("VAULT_TOKEN")
+                            .context("--vault-direct reads the token from $VAULT_TOKEN")?,
+                    ),
+                },
+                (None, None) => unreachable!("clap requires --socket or --vault-direct"),
+            };
             let options = kmsgate::bench::BenchOptions {
-                socket,
+                target,
                 api,
                 operation,
                 concurrency,
@@ -173,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
                 count,
                 warmup: std::time::Duration::from_secs_f64(warmup),
                 plaintext_bytes,
+                distinct,
             };
             let report = kmsgate::bench::run(&options)
                 .await
@@ -228,7 +262,8 @@ async fn shutdown_signal() {
 
 async fn check(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
-    let runtime = wasm::Runtime::new().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // No disk cache: a check writes nothing.
+    let runtime = wasm::Runtime::new(None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut failed = false;
     for provider in &config.providers {
         match wasm::check(&runtime, provider).await {

@@ -1,7 +1,18 @@
 //! Compiled components by content hash, so a reload (or a second provider
 //! using the same file) does not compile again. Bounded: the least recently
 //! used entry goes first, so reloading many versions does not grow memory.
+//!
+//! Optionally also on disk (`compile_cache_dir`), so a restart does not
+//! compile again either. Loading compiled code from disk trusts the
+//! directory as much as the kmsgate binary: whoever can write there can run
+//! code in the daemon. So the directory is used only if it belongs to the
+//! daemon's user and nobody else can write to it, files are written 0600
+//! (to a temporary name, then renamed), and a file is named by the
+//! component's SHA-256 *and* the engine's compatibility hash, so another
+//! wasmtime version or configuration never reads it.
 
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use wasmtime::Engine;
@@ -14,33 +25,81 @@ const CAPACITY: usize = 8;
 pub struct CompileCache {
     /// Most recently used last.
     entries: Mutex<Vec<(String, Component)>>,
+    /// Where compiled components persist, if anywhere.
+    disk: Option<PathBuf>,
+}
+
+/// Where a compile came from, for logs and the start-up figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Memory,
+    Disk,
+    Compiled,
 }
 
 impl CompileCache {
-    /// The component for `sha256`, compiled from `bytes` on a miss. The
-    /// bool says whether it was cached. Compiling is CPU-heavy (tens to
-    /// hundreds of ms), so it runs off the async workers.
+    /// A cache that also keeps compiled components in `dir`, if `dir` is
+    /// safe to trust (see the module docs); otherwise memory only, with a
+    /// warning.
+    pub fn with_disk(dir: Option<&Path>) -> CompileCache {
+        let disk = dir.and_then(|dir| match trusted_dir(dir) {
+            Ok(()) => Some(dir.to_owned()),
+            Err(why) => {
+                tracing::warn!(dir = ?dir, "not using the compile cache directory: {why}");
+                None
+            }
+        });
+        CompileCache {
+            entries: Mutex::default(),
+            disk,
+        }
+    }
+
+    /// The component for `sha256`: from memory, from disk, or compiled
+    /// from `bytes` (and then written to disk). Compiling and disk work are
+    /// CPU- or IO-heavy, so they run off the async workers.
     pub async fn get_or_compile(
         &self,
         engine: &Engine,
         sha256: &str,
         bytes: Vec<u8>,
-    ) -> Result<(Component, bool), String> {
+    ) -> Result<(Component, Source), String> {
         if let Some(component) = self.lookup(sha256) {
-            return Ok((component, true));
+            return Ok((component, Source::Memory));
         }
         let engine = engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(|e| format!("compiling: {e}"))?
-            .map_err(|e| format!("not a valid component: {e}"))?;
+        let file = self.disk.as_ref().map(|dir| {
+            let engine_hash = {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                engine.precompile_compatibility_hash().hash(&mut hasher);
+                hasher.finish()
+            };
+            dir.join(format!("{sha256}-{engine_hash:016x}.cwasm"))
+        });
+        let (component, source) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            if let Some(component) = file
+                .as_deref()
+                .and_then(|file| read_compiled(&engine, file))
+            {
+                return Ok((component, Source::Disk));
+            }
+            let component = Component::new(&engine, &bytes)
+                .map_err(|e| format!("not a valid component: {e}"))?;
+            if let Some(file) = &file {
+                write_compiled(&component, file);
+            }
+            Ok((component, Source::Compiled))
+        })
+        .await
+        .map_err(|e| format!("compiling: {e}"))??;
         let mut entries = self.entries.lock().expect("compile cache lock poisoned");
         entries.retain(|(hash, _)| hash != sha256);
         entries.push((sha256.to_owned(), component.clone()));
         if entries.len() > CAPACITY {
             entries.remove(0);
         }
-        Ok((component, false))
+        Ok((component, source))
     }
 
     fn lookup(&self, sha256: &str) -> Option<Component> {
@@ -50,5 +109,81 @@ impl CompileCache {
         let component = entry.1.clone();
         entries.push(entry);
         Some(component)
+    }
+}
+
+/// Whether `dir` may hold code the daemon will run: a directory owned by
+/// the daemon's user that no one else can write to. Created (0700) if
+/// missing.
+fn trusted_dir(dir: &Path) -> Result<(), String> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating it: {e}"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("setting its mode: {e}"))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    // `/proc/self` belongs to the process's effective user.
+    let me = std::fs::metadata("/proc/self")
+        .map_err(|e| format!("finding the daemon's user: {e}"))?
+        .uid();
+    if !meta.is_dir() {
+        return Err("not a directory".into());
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "owned by uid {}, not the daemon's uid {me}",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "mode {:o} lets others write to it; use 0700",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// A compiled component from `file`, if there is a usable one. A file that
+/// does not load (truncated, another build) is removed and recompiled.
+fn read_compiled(engine: &Engine, file: &Path) -> Option<Component> {
+    if !file.exists() {
+        return None;
+    }
+    // SAFETY: `deserialize_file` runs the file's machine code. The file is
+    // ours: it sits in a directory only the daemon's user can write
+    // (`trusted_dir`), was written by `write_compiled` from a component we
+    // compiled, and its name pins the source's SHA-256 and this engine's
+    // compatibility hash. wasmtime also checks its header and version.
+    #[allow(unsafe_code)]
+    let loaded = unsafe { Component::deserialize_file(engine, file) };
+    match loaded {
+        Ok(component) => Some(component),
+        Err(error) => {
+            tracing::warn!(file = ?file, "dropping an unusable compiled component: {error}");
+            let _ = std::fs::remove_file(file);
+            None
+        }
+    }
+}
+
+/// Writes `component` to `file` (0600, via a temporary name), or logs why
+/// not: the disk cache only saves time, so failing to fill it is no error.
+fn write_compiled(component: &Component, file: &Path) {
+    let write = || -> std::io::Result<()> {
+        let bytes = component.serialize().map_err(std::io::Error::other)?;
+        let temporary = file.with_extension(format!("tmp{}", std::process::id()));
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        std::io::Write::write_all(&mut out, &bytes)?;
+        out.sync_all()?;
+        std::fs::rename(&temporary, file)
+    };
+    if let Err(error) = write() {
+        tracing::warn!(file = ?file, "could not write the compiled component: {error}");
     }
 }

@@ -75,7 +75,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new() -> wasmtime::Result<Runtime> {
+    /// `compile_cache_dir`: where compiled components persist, if anywhere
+    /// (see [`cache`]).
+    pub fn new(compile_cache_dir: Option<&std::path::Path>) -> wasmtime::Result<Runtime> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -116,7 +118,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
-            cache: Arc::new(CompileCache::default()),
+            cache: Arc::new(CompileCache::with_disk(compile_cache_dir)),
         })
     }
 }
@@ -241,12 +243,12 @@ impl WasmProvider {
             settings,
             secrets,
         } = prepared;
-        let (component, cached) = runtime
+        let (component, source) = runtime
             .cache
             .get_or_compile(&runtime.engine, &origin.sha256, bytes)
             .await
             .map_err(fail)?;
-        tracing::debug!(provider = %config.name, sha256 = %origin.sha256, cached, "component compiled");
+        tracing::debug!(provider = %config.name, sha256 = %origin.sha256, ?source, "component ready");
         let not_fitting =
             |e: wasmtime::Error| fail(format!("does not fit the kmsgate:provider world: {e}"));
         let pre = runtime

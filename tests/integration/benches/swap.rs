@@ -103,7 +103,7 @@ async fn swap_latencies(watch: bool, reuse_versions: bool) -> Vec<Duration> {
 /// Per-call cost of one local-aes encrypt with a fresh instance for every
 /// call (`calls_per_instance = 1`), and with the default reuse.
 async fn per_call_costs() -> (Duration, Duration) {
-    let runtime = Runtime::new().unwrap();
+    let runtime = Runtime::new(None).unwrap();
     let load = |calls_per_instance: u64| {
         let text = format!(
             "socket = \"/unused\"\n[[providers]]\nname = \"local\"\ncomponent = {:?}\n[providers.settings]\nkey-id = \"k1\"\nkey = {:?}\n[providers.limits]\ncalls_per_instance = {calls_per_instance}\n",

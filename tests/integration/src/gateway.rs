@@ -159,6 +159,7 @@ pub struct TestGateway {
     reload_debounce_ms: i64,
     /// Port of the admin HTTP server; none: off.
     admin_port: Option<u16>,
+    compile_cache_dir: Option<PathBuf>,
 }
 
 impl Default for TestGateway {
@@ -176,6 +177,7 @@ impl TestGateway {
             watch: false,
             reload_debounce_ms: 100,
             admin_port: None,
+            compile_cache_dir: None,
         }
     }
 
@@ -200,6 +202,12 @@ impl TestGateway {
     /// in tests, so parallel tests do not compete for a port).
     pub fn admin_http(mut self) -> Self {
         self.admin_port = Some(crate::free_port());
+        self
+    }
+
+    /// Keeps compiled components in `dir` between starts.
+    pub fn compile_cache_dir(mut self, dir: &Path) -> Self {
+        self.compile_cache_dir = Some(dir.to_owned());
         self
     }
 
@@ -243,6 +251,12 @@ impl TestGateway {
         );
         if let Some(primary) = &self.primary {
             root.insert("primary".into(), primary.clone().into());
+        }
+        if let Some(cache) = &self.compile_cache_dir {
+            root.insert(
+                "compile_cache_dir".into(),
+                cache.display().to_string().into(),
+            );
         }
         let mut admin = Table::new();
         admin.insert("enabled".into(), Value::Boolean(self.admin_port.is_some()));

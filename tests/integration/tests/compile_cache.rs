@@ -1,0 +1,80 @@
+//! The on-disk compile cache (`compile_cache_dir`): a restart loads the
+//! compiled component instead of compiling again, a damaged file is
+//! replaced, and a directory others can write to is not trusted.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use kmsgate_integration::requests::{decrypt, encrypt};
+use kmsgate_integration::{ProviderSpec, TestGateway};
+
+fn gateway(cache: &Path) -> TestGateway {
+    TestGateway::new()
+        .with_provider(ProviderSpec::local_aes("local", "k1", 1))
+        .compile_cache_dir(cache)
+}
+
+/// Starts the daemon, checks a round trip, stops it.
+async fn serve_once(cache: &Path) {
+    let running = gateway(cache).start().await;
+    let mut client = running.v2().await;
+    let sealed = client.encrypt(encrypt(b"dek")).await.unwrap().into_inner();
+    let opened = client.decrypt(decrypt(&sealed)).await.unwrap().into_inner();
+    assert_eq!(opened.plaintext, b"dek");
+    running.stop().await.unwrap();
+}
+
+fn compiled_files(cache: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(cache) {
+        Ok(entries) => entries.map(|entry| entry.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_restart_loads_the_compiled_component_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    serve_once(&cache).await;
+
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let files = compiled_files(&cache);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].to_string_lossy().ends_with(".cwasm"));
+    let before = std::fs::metadata(&files[0]).unwrap();
+    assert_eq!(before.permissions().mode() & 0o777, 0o600);
+
+    // A recompile would write the file anew (a new inode, by rename).
+    serve_once(&cache).await;
+    let after = std::fs::metadata(&files[0]).unwrap();
+    assert_eq!(
+        (after.ino(), after.mtime_nsec()),
+        (before.ino(), before.mtime_nsec())
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_compiled_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    serve_once(&cache).await;
+    let file = compiled_files(&cache).remove(0);
+    std::fs::write(&file, b"not machine code").unwrap();
+
+    serve_once(&cache).await;
+    assert!(std::fs::metadata(&file).unwrap().len() > 1000);
+}
+
+#[tokio::test]
+async fn a_directory_others_can_write_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    serve_once(&cache).await;
+    assert_eq!(compiled_files(&cache), Vec::<PathBuf>::new());
+}
