@@ -9,7 +9,8 @@
 //!
 //! Besides a KMS socket, the target can be Vault Transit itself
 //! ([`Target::VaultDirect`]): the same operations sent by a native HTTP
-//! client straight to Vault, the cost any Vault plugin pays.
+//! client ([`TransitClient`]) straight to Vault, the cost any Vault plugin
+//! pays.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::client;
+use crate::floor::TransitClient;
 use crate::proto::{v1beta1, v2};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -111,7 +113,7 @@ impl std::fmt::Display for BenchReport {
 enum Client {
     V2(client::V2Client),
     V1beta1(client::V1beta1Client),
-    Vault(VaultDirect),
+    Vault(TransitClient),
 }
 
 /// What decrypt needs to replay an encrypt.
@@ -175,7 +177,7 @@ impl Client {
                 };
                 client.decrypt(request).await.map(|_| ())
             }
-            Client::Vault(vault) => vault.decrypt(&sealed.ciphertext).await,
+            Client::Vault(vault) => vault.decrypt(&sealed.ciphertext).await.map(|_| ()),
         }
     }
 
@@ -217,7 +219,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
             mount,
             key,
             token,
-        } => Client::Vault(VaultDirect::new(address, mount, key, token)?),
+        } => Client::Vault(TransitClient::new(address, mount, key, token)?),
     };
     let plaintext = vec![0x5a; options.plaintext_bytes.max(1)];
     let pool = Arc::new(make_pool(&client, options, &plaintext).await?);
@@ -343,93 +345,4 @@ async fn drive(
         }
     }
     (latencies, errors)
-}
-
-/// Vault Transit without a plugin: what a Vault KMS plugin does per call,
-/// from a native client (reqwest, a pooled keep-alive connection per
-/// worker, as kmsgate's outbound client has).
-#[derive(Clone)]
-struct VaultDirect {
-    http: reqwest::Client,
-    encrypt_url: String,
-    decrypt_url: String,
-    token: reqwest::header::HeaderValue,
-}
-
-impl VaultDirect {
-    fn new(
-        address: &str,
-        mount: &str,
-        key: &str,
-        token: &crate::secret::Secret,
-    ) -> Result<VaultDirect, String> {
-        let address = address.trim_end_matches('/');
-        let mut token = reqwest::header::HeaderValue::from_str(token.expose())
-            .map_err(|_| "the Vault token is not a valid header value".to_string())?;
-        token.set_sensitive(true);
-        Ok(VaultDirect {
-            http: reqwest::Client::builder()
-                .build()
-                .map_err(|e| format!("building the HTTP client: {e}"))?,
-            encrypt_url: format!("{address}/v1/{mount}/encrypt/{key}"),
-            decrypt_url: format!("{address}/v1/{mount}/decrypt/{key}"),
-            token,
-        })
-    }
-
-    async fn post(
-        &self,
-        url: &str,
-        body: serde_json::Value,
-    ) -> Result<serde_json::Value, tonic::Status> {
-        let response = self
-            .http
-            .post(url)
-            .header("x-vault-token", self.token.clone())
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let body: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|_| tonic::Status::internal("Vault's answer is not JSON"))?;
-        if !status.is_success() {
-            return Err(tonic::Status::internal(format!("Vault answered {status}")));
-        }
-        Ok(body)
-    }
-
-    async fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-        use base64::Engine as _;
-        let plaintext = base64::engine::general_purpose::STANDARD.encode(plaintext);
-        let body = self
-            .post(
-                &self.encrypt_url,
-                serde_json::json!({ "plaintext": plaintext }),
-            )
-            .await?;
-        body["data"]["ciphertext"]
-            .as_str()
-            .map(|c| c.as_bytes().to_vec())
-            .ok_or_else(|| tonic::Status::internal("no ciphertext in Vault's answer"))
-    }
-
-    async fn decrypt(&self, ciphertext: &[u8]) -> Result<(), tonic::Status> {
-        let ciphertext = String::from_utf8_lossy(ciphertext);
-        let body = self
-            .post(
-                &self.decrypt_url,
-                serde_json::json!({ "ciphertext": ciphertext }),
-            )
-            .await?;
-        match body["data"]["plaintext"].as_str() {
-            Some(_) => Ok(()),
-            None => Err(tonic::Status::internal("no plaintext in Vault's answer")),
-        }
-    }
 }

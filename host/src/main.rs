@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
@@ -135,6 +136,12 @@ enum Command {
     Floor {
         #[arg(long, short)]
         socket: PathBuf,
+        /// Vault Transit through a native client instead of local AES
+        /// (token from $VAULT_TOKEN).
+        #[arg(long, requires = "vault_key")]
+        vault_address: Option<String>,
+        #[arg(long)]
+        vault_key: Option<String>,
     },
     /// Make a running daemon re-read its config and hot-swap what changed
     /// (the same as SIGHUP). Fails if any new version was refused.
@@ -218,9 +225,27 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Floor { socket } => {
+        Command::Floor {
+            socket,
+            vault_address,
+            vault_key,
+        } => {
+            let provider: Arc<dyn kmsgate::kms::KmsProvider> = match vault_address {
+                Some(address) => {
+                    let token = kmsgate::secret::Secret::new(
+                        std::env::var("VAULT_TOKEN")
+                            .context("--vault-address reads the token from $VAULT_TOKEN")?,
+                    );
+                    let key = vault_key.expect("clap requires --vault-key");
+                    let client =
+                        kmsgate::floor::TransitClient::new(&address, "transit", &key, &token)
+                            .map_err(anyhow::Error::msg)?;
+                    Arc::new(kmsgate::floor::NativeTransit::new(client))
+                }
+                None => Arc::new(kmsgate::floor::NativeAes::random()),
+            };
             let socket = socket::bind(&socket, 0o600).await?;
-            server::run_floor(socket, shutdown_signal()).await?;
+            server::run_floor(socket, provider, shutdown_signal()).await?;
             Ok(())
         }
     }

@@ -197,15 +197,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Serves the benchmark floor ([`crate::floor`]) on `socket`: the same
-/// gateway, gRPC services and tonic setup as [`run`], with a native AES
+/// Serves a benchmark floor ([`crate::floor`]) on `socket`: the same
+/// gateway, gRPC services and tonic setup as [`run`], with a native
 /// provider instead of a Wasm one.
 pub async fn run_floor(
     mut socket: BoundSocket,
+    provider: Arc<dyn crate::kms::KmsProvider>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let serving = Serving::new(
-        Arc::new(crate::floor::NativeAes::random()),
+        provider,
         crate::slot::Origin {
             component: "native".into(),
             sha256: String::new(),

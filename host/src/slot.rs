@@ -268,8 +268,13 @@ impl Slot {
         ciphertext: &[u8],
         annotations: &Annotations,
     ) -> Result<Plaintext, KmsError> {
-        let serving = self.serving();
-        let result = match &serving.coalescer {
+        // The two `Arc`s only, not the whole `Serving` (its origin has
+        // strings to copy).
+        let (provider, coalescer) = {
+            let serving = self.serving.read().expect("serving lock poisoned");
+            (serving.provider.clone(), serving.coalescer.clone())
+        };
+        let result = match &coalescer {
             Some(coalescer) => {
                 let item = DecryptItem {
                     uid: uid.to_string(),
@@ -279,12 +284,7 @@ impl Slot {
                 };
                 coalescer.decrypt(item).await
             }
-            None => {
-                serving
-                    .provider
-                    .decrypt(uid, key_id, ciphertext, annotations)
-                    .await
-            }
+            None => provider.decrypt(uid, key_id, ciphertext, annotations).await,
         };
         let plaintext = result.map_err(|e| self.error(Action::Decrypt, e))?;
         limits::check_plaintext(plaintext.as_bytes()).map_err(|e| {
