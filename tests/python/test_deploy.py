@@ -26,8 +26,13 @@ def test_static_pod_matches_the_config():
     assert pod["spec"]["hostNetwork"] is True, "probes on 127.0.0.1 need the node's network"
     socket_dir = str(Path(config["socket"]).parent)
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["spec"]["volumes"]}
-    assert mounts["socket"] == socket_dir and volumes["socket"] == socket_dir
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert mounts["socket"] == socket_dir and volumes["socket"]["hostPath"]["path"] == socket_dir
+    # The compile cache is a directory kmsgate creates inside a volume of
+    # its own, so it survives container restarts.
+    cache = Path(config["compile_cache_dir"])
+    assert cache.parent == Path(mounts["compile-cache"])
+    assert "emptyDir" in volumes["compile-cache"]
     assert container["args"][:3] == ["serve", "--config", "/etc/kmsgate/kmsgate.toml"]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
@@ -45,4 +50,7 @@ def test_systemd_unit_reloads_with_sighup_and_owns_the_socket_directory():
     unit = (REPO / "deploy/kmsgate.service").read_text()
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
     assert "RuntimeDirectory=kmsgate" in unit
+    config = tomllib.loads((REPO / "deploy/kmsgate.toml").read_text())
+    assert "CacheDirectory=kmsgate" in unit
+    assert Path(config["compile_cache_dir"]).parent == Path("/var/cache/kmsgate")
     assert "--config /etc/kmsgate/kmsgate.toml" in unit

@@ -75,7 +75,7 @@ impl KeyManagementService for V1beta1Service {
         let plaintext = Plaintext::new(plain);
         let provider = self.gateway.primary().name().to_string();
         let span =
-            tracing::info_span!("encrypt", api = "v1beta1", %provider, bytes = plaintext.len());
+            tracing::debug_span!("encrypt", api = "v1beta1", %provider, bytes = plaintext.len());
         let result = self
             .gateway
             .encrypt("", &plaintext)
@@ -97,6 +97,7 @@ impl KeyManagementService for V1beta1Service {
             &self.metrics,
             ("v1beta1", "encrypt"),
             &provider,
+            "",
             started,
             &span,
             result,
@@ -122,7 +123,7 @@ impl KeyManagementService for V1beta1Service {
             .map(|(key_id, _)| *key_id)
             .unwrap_or_default();
         let provider = self.gateway.provider_of(key_id).unwrap_or_default();
-        let span = tracing::info_span!("decrypt", api = "v1beta1", %provider, %key_id);
+        let span = tracing::debug_span!("decrypt", api = "v1beta1", %provider, %key_id);
         let result = match opened {
             Ok((key_id, ciphertext)) => {
                 self.gateway
@@ -136,6 +137,7 @@ impl KeyManagementService for V1beta1Service {
             &self.metrics,
             ("v1beta1", "decrypt"),
             &provider,
+            "",
             started,
             &span,
             result,

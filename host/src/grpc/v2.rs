@@ -56,7 +56,7 @@ impl KeyManagementService for V2Service {
         let plaintext = Plaintext::new(plaintext);
         let provider = self.gateway.primary().name().to_string();
         let span =
-            tracing::info_span!("encrypt", api = "v2", %uid, %provider, bytes = plaintext.len());
+            tracing::debug_span!("encrypt", api = "v2", %uid, %provider, bytes = plaintext.len());
         let result = self
             .gateway
             .encrypt(&uid, &plaintext)
@@ -66,6 +66,7 @@ impl KeyManagementService for V2Service {
             &self.metrics,
             ("v2", "encrypt"),
             &provider,
+            &uid,
             started,
             &span,
             result,
@@ -92,7 +93,7 @@ impl KeyManagementService for V2Service {
             annotations,
         } = request.into_inner();
         let provider = self.gateway.provider_of(&key_id).unwrap_or_default();
-        let span = tracing::info_span!("decrypt", api = "v2", %uid, %provider, %key_id);
+        let span = tracing::debug_span!("decrypt", api = "v2", %uid, %provider, %key_id);
         let annotations = to_annotations(annotations);
         let result = self
             .gateway
@@ -103,6 +104,7 @@ impl KeyManagementService for V2Service {
             &self.metrics,
             ("v2", "decrypt"),
             &provider,
+            &uid,
             started,
             &span,
             result,

@@ -169,8 +169,24 @@ impl kms_batch::Guest for VaultTransit {
     }
 }
 
-/// Reads the settings; a failing store is a configuration problem.
-fn settings() -> Result<Settings, KmsError> {
+thread_local! {
+    /// The settings, read once per instance: they never change while an
+    /// instance lives (the WIT's instance model). A failed read is not
+    /// kept, so every call reports it.
+    static SETTINGS: std::cell::OnceCell<std::rc::Rc<Settings>> =
+        const { std::cell::OnceCell::new() };
+}
+
+/// The settings; a failing store is a configuration problem.
+fn settings() -> Result<std::rc::Rc<Settings>, KmsError> {
+    if let Some(settings) = SETTINGS.with(|cell| cell.get().cloned()) {
+        return Ok(settings);
+    }
+    let settings = std::rc::Rc::new(read_settings()?);
+    Ok(SETTINGS.with(|cell| cell.get_or_init(|| settings).clone()))
+}
+
+fn read_settings() -> Result<Settings, KmsError> {
     let mut values = Vec::with_capacity(Settings::NAMES.len());
     for name in Settings::NAMES {
         let value = store::get(name)
