@@ -261,6 +261,19 @@ async fn a_wrong_token_is_permission_denied_not_unavailable() {
     assert!(error.contains("permission denied"), "{error}");
 }
 
+/// Encrypts `dek-0` .. `dek-{count - 1}`, in order.
+async fn seal_deks(
+    client: &mut kmsgate::client::V2Client,
+    count: usize,
+) -> Vec<kmsgate::proto::v2::EncryptResponse> {
+    let mut sealed = Vec::with_capacity(count);
+    for i in 0..count {
+        let request = encrypt_request(format!("dek-{i}").as_bytes());
+        sealed.push(client.encrypt(request).await.unwrap().into_inner());
+    }
+    sealed
+}
+
 /// Concurrent decrypts of `sealed` (plaintext i is `dek-{i}`), and of every
 /// `bad` ciphertext (under key id `vault/kube:v1`), all at once. Returns the
 /// codes of the bad ones; panics if a good one comes back wrong.
@@ -300,11 +313,7 @@ async fn a_decrypt_storm_is_batched_and_every_answer_is_its_own() {
         .start()
         .await;
     let mut client = gateway.v2().await;
-    let mut sealed = Vec::new();
-    for i in 0..300 {
-        let request = encrypt_request(format!("dek-{i}").as_bytes());
-        sealed.push(client.encrypt(request).await.unwrap().into_inner());
-    }
+    let sealed = seal_deks(&mut client, 300).await;
     // Tampered (Vault refuses it inside the batch) and of a version the key
     // id does not name (refused before Vault).
     let mut tampered = sealed[0].ciphertext.clone();
@@ -333,11 +342,7 @@ async fn batching_can_be_turned_off() {
         .start()
         .await;
     let mut client = gateway.v2().await;
-    let mut sealed = Vec::new();
-    for i in 0..50 {
-        let request = encrypt_request(format!("dek-{i}").as_bytes());
-        sealed.push(client.encrypt(request).await.unwrap().into_inner());
-    }
+    let sealed = seal_deks(&mut client, 50).await;
     decrypt_all_at_once(&client, &sealed, &[]).await;
     let info = gateway.provider("vault").await;
     assert!(!info.batches_decrypts);
