@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::kms::KmsProvider;
+use crate::kms::{DecryptItem, KmsProvider};
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::secret::Plaintext;
@@ -364,9 +364,74 @@ pub async fn canary(
             ));
         }
     }
+    if candidate.batching().is_some() {
+        batch_canary(candidate, &sealed, &probe, samples).await?;
+    }
     Ok(Health {
         key_id: Some(status.key_id),
         healthy: true,
         detail: status.detail,
     })
+}
+
+/// For a provider that batches decrypts: its own ciphertext, every sample,
+/// and one ciphertext that must fail, in one `decrypt_batch`, each answer
+/// checked on its own. Storms go through this path, so a version that gets
+/// it wrong must not serve.
+async fn batch_canary(
+    candidate: &dyn KmsProvider,
+    sealed: &crate::kms::Encrypted,
+    probe: &Plaintext,
+    samples: &[Sample],
+) -> Result<(), String> {
+    let item =
+        |key_id: &str, ciphertext: &[u8], annotations: &crate::limits::Annotations| DecryptItem {
+            uid: CANARY_UID.into(),
+            key_id: key_id.into(),
+            ciphertext: ciphertext.to_vec(),
+            annotations: annotations.clone(),
+        };
+    // The probe's ciphertext with a byte in the middle flipped: tampered.
+    // (Not an end byte: some encodings ignore bits there.)
+    let mut tampered = sealed.ciphertext.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 1;
+    let mut items = vec![
+        item(&sealed.key_id, &sealed.ciphertext, &sealed.annotations),
+        item(&sealed.key_id, &tampered, &sealed.annotations),
+    ];
+    items.extend(
+        samples
+            .iter()
+            .map(|s| item(&s.key_id, &s.ciphertext, &s.annotations)),
+    );
+    let count = items.len();
+    let results = candidate
+        .decrypt_batch(items)
+        .await
+        .map_err(|e| format!("canary: decrypt-batch failed: {e}"))?;
+    if results.len() != count {
+        return Err(format!(
+            "canary: decrypt-batch returned {} results for {count} items",
+            results.len()
+        ));
+    }
+    let mut results = results.into_iter();
+    match results.next() {
+        Some(Ok(opened)) if opened == *probe => {}
+        _ => return Err("canary: decrypt-batch got its own ciphertext wrong".into()),
+    }
+    if let Some(Ok(_)) = results.next() {
+        return Err("canary: decrypt-batch accepted a tampered ciphertext".into());
+    }
+    for (sample, result) in samples.iter().zip(results) {
+        let digest = result.map(|opened| <[u8; 32]>::from(Sha256::digest(opened.as_bytes())));
+        if digest.as_ref().ok() != Some(&sample.plaintext_sha256) {
+            return Err(format!(
+                "canary: decrypt-batch got a recent ciphertext of key id {:?} wrong",
+                sample.key_id
+            ));
+        }
+    }
+    Ok(())
 }

@@ -346,3 +346,21 @@ async fn file_changes_reload_by_atomic_rename_and_in_place_write() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_provider_that_batches_decrypts_wrongly_is_refused() {
+    let local = || ProviderSpec::local_aes("local", "k1", 1);
+    let gateway = TestGateway::new().with_provider(local()).start().await;
+    let next = TestGateway::new()
+        .with_provider(local())
+        .with_provider(ProviderSpec::new("batchy", "fixture_wrong_batch"))
+        .primary("local");
+    gateway.rewrite_config(&next);
+    let report = gateway.reload().await;
+    assert_eq!(report.refused, ["batchy"]);
+    assert!(
+        report.error.contains("canary: decrypt-batch"),
+        "{}",
+        report.error
+    );
+}
