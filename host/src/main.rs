@@ -191,6 +191,9 @@ async fn main() -> anyhow::Result<()> {
             distinct,
             json,
         } => {
+            if distinct.is_some() && operation != kmsgate::bench::Operation::Decrypt {
+                anyhow::bail!("--distinct is a decrypt storm: use it with --op decrypt");
+            }
             let target = match (socket, vault_direct) {
                 (Some(socket), _) => kmsgate::bench::Target::Socket(socket),
                 (None, Some(address)) => kmsgate::bench::Target::VaultDirect {
