@@ -11,6 +11,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::grpc::{AdminService, V1beta1Service, V2Service};
+use crate::kms::KmsProvider;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::slot::{Serving, Slot};
@@ -156,6 +157,7 @@ pub async fn load_gateway(runtime: &Runtime, config: &Config) -> Result<Gateway,
     let mut slots = Vec::new();
     for provider_config in &config.providers {
         let provider = WasmProvider::load(runtime, provider_config).await?;
+        check_batches(provider_config, &provider).await?;
         let origin = provider.origin().clone();
         tracing::info!(provider = %provider.name(), sha256 = %origin.sha256, component = ?origin.component, "provider loaded");
         let serving = Serving::new(Arc::new(provider), origin, 1);
@@ -169,6 +171,34 @@ pub async fn load_gateway(runtime: &Runtime, config: &Config) -> Result<Gateway,
         primary,
         Duration::from_millis(config.status_interval_ms),
     ))
+}
+
+/// A provider that batches decrypts gets the swap canary at start too, when
+/// its backend is up: the host cannot tell a `decrypt-batch` that answers
+/// out of order from a right one by looking at a single call. (Other
+/// providers are only `init`ed at start, as before; a backend that is down
+/// at start does not stop the daemon, so then the check is skipped.)
+async fn check_batches(
+    config: &crate::config::ProviderConfig,
+    provider: &WasmProvider,
+) -> Result<(), LoadError> {
+    if provider.batching().is_none() {
+        return Ok(());
+    }
+    match provider.status().await {
+        Ok(status) if status.healthy => crate::reload::canary(&config.name, provider, &[])
+            .await
+            .map(|_| ())
+            .map_err(|reason| LoadError {
+                provider: config.name.clone(),
+                path: config.component.clone(),
+                reason,
+            }),
+        _ => {
+            tracing::warn!(provider = %config.name, "backend not ready at start: decrypt-batch was not checked");
+            Ok(())
+        }
+    }
 }
 
 /// SIGHUP reloads, as for most Unix daemons. The task ends with the

@@ -30,21 +30,58 @@ const DEV_TOKEN: &str = "kmsgate-test-root-token";
 
 impl OpenBao {
     pub async fn dev() -> OpenBao {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = spawn(
-            &dir,
-            &[
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={DEV_TOKEN}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ],
-        );
-        let bao = OpenBao::new(port, dir, child, DEV_TOKEN.into(), None);
-        bao.wait_ready().await;
-        bao.setup_transit().await;
-        bao
+        // `free_port` releases the port before OpenBao binds it, so a test
+        // running in parallel may take it first: if the server exits at
+        // start, try again on another port.
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let child = spawn(
+                &dir,
+                &[
+                    "server",
+                    "-dev",
+                    &format!("-dev-root-token-id={DEV_TOKEN}"),
+                    &format!("-dev-listen-address=127.0.0.1:{port}"),
+                ],
+            );
+            let mut bao = OpenBao::new(port, dir, child, DEV_TOKEN.into(), None);
+            if bao.wait_ready_unless_exited().await {
+                bao.setup_transit().await;
+                return bao;
+            }
+        }
+        panic!("the OpenBao dev server exited at start five times (see its bao.log)");
+    }
+
+    /// Waits until the server is active; false if it exited first.
+    async fn wait_ready_unless_exited(&mut self) -> bool {
+        let url = format!("{}/v1/sys/health", self.address);
+        let started = std::time::Instant::now();
+        loop {
+            let ready = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200);
+            if ready {
+                return true;
+            }
+            let child = self.child.as_mut().expect("a running server");
+            if child
+                .try_wait()
+                .expect("polling the OpenBao process")
+                .is_some()
+            {
+                return false;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "timed out after 60s waiting for OpenBao to be active"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn persistent() -> OpenBao {

@@ -256,3 +256,15 @@ fn every_fixture_is_used() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_provider_that_batches_decrypts_wrongly_is_refused_at_start() {
+    let spec = ProviderSpec::new("batchy", "fixture_wrong_batch");
+    let error = gateway_with("good", spec)
+        .await
+        .exit()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("canary: decrypt-batch"), "{error}");
+}
