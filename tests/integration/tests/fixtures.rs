@@ -225,15 +225,19 @@ async fn huge_output_is_refused_at_the_gateway() {
     assert_good_provider_still_serves(&mut client).await;
 }
 
-#[tokio::test]
-async fn a_component_of_another_world_is_refused_at_load() {
-    let spec = ProviderSpec::new("wrong-world", "fixture_wrong_world");
-    let error = gateway_with("good", spec)
+/// Why the daemon refused to start with `spec` beside a good provider.
+async fn start_error(spec: ProviderSpec) -> String {
+    gateway_with("good", spec)
         .await
         .exit()
         .await
         .unwrap_err()
-        .to_string();
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_component_of_another_world_is_refused_at_load() {
+    let error = start_error(ProviderSpec::new("wrong-world", "fixture_wrong_world")).await;
     assert!(
         error.contains("does not fit the kmsgate:provider world"),
         "{error}"
@@ -259,12 +263,6 @@ fn every_fixture_is_used() {
 
 #[tokio::test]
 async fn a_provider_that_batches_decrypts_wrongly_is_refused_at_start() {
-    let spec = ProviderSpec::new("batchy", "fixture_wrong_batch");
-    let error = gateway_with("good", spec)
-        .await
-        .exit()
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = start_error(ProviderSpec::new("batchy", "fixture_wrong_batch")).await;
     assert!(error.contains("canary: decrypt-batch"), "{error}");
 }
