@@ -130,21 +130,23 @@ impl Coalescer {
             .map(|waiting| (waiting.item, waiting.answer))
             .unzip();
         let count = items.len();
-        match self.provider.decrypt_batch(items).await {
-            Ok(results) if results.len() == count => {
+        let results = self
+            .provider
+            .decrypt_batch(items)
+            .await
+            .and_then(|results| match results.len() {
+                n if n == count => Ok(results),
+                n => Err(ProviderError::Contract(format!(
+                    "decrypt-batch returned {n} results for {count} items"
+                ))),
+            });
+        match results {
+            Ok(results) => {
                 for (answer, result) in answers.into_iter().zip(results) {
                     let _ = answer.send(result);
                 }
             }
-            Ok(results) => {
-                let error = ProviderError::Contract(format!(
-                    "decrypt-batch returned {} results for {count} items",
-                    results.len()
-                ));
-                for answer in answers {
-                    let _ = answer.send(Err(error.clone()));
-                }
-            }
+            // Not an item's fault: every caller in the batch gets it.
             Err(error) => {
                 for answer in answers {
                     let _ = answer.send(Err(error.clone()));

@@ -75,12 +75,14 @@ fn annotations_from_wit(list: Vec<Annotation>) -> Result<Annotations, ProviderEr
     Ok(map)
 }
 
-pub fn decrypt_item_to_wit(item: &crate::kms::DecryptItem) -> kms_batch::DecryptItem {
-    kms_batch::DecryptItem {
-        uid: item.uid.clone(),
-        key_id: item.key_id.clone(),
-        ciphertext: item.ciphertext.clone(),
-        annotations: annotations_to_wit(&item.annotations),
+impl From<crate::kms::DecryptItem> for kms_batch::DecryptItem {
+    fn from(item: crate::kms::DecryptItem) -> Self {
+        kms_batch::DecryptItem {
+            annotations: annotations_to_wit(&item.annotations),
+            uid: item.uid,
+            key_id: item.key_id,
+            ciphertext: item.ciphertext,
+        }
     }
 }
 

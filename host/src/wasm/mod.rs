@@ -38,7 +38,7 @@ use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 
-use self::bindings::{BatchingProvider, annotations_to_wit, decrypt_item_to_wit, kms, kms_batch};
+use self::bindings::{BatchingProvider, annotations_to_wit, kms, kms_batch};
 use self::cache::CompileCache;
 use self::host::{HostState, ProviderShared};
 use crate::config::ProviderConfig;
@@ -499,7 +499,7 @@ impl KmsProvider for WasmProvider {
                     "decrypt-batch called on a provider without kms-batch".into(),
                 ));
             };
-            let items: Vec<_> = items.iter().map(decrypt_item_to_wit).collect();
+            let items: Vec<kms_batch::DecryptItem> = items.into_iter().map(Into::into).collect();
             let result = kms_batch
                 .call_decrypt_batch(&mut instance.store, &items)
                 .await;
