@@ -9,16 +9,22 @@
 //! waits at most for one batch in flight before its own starts.
 //!
 //! Batches run on their own tasks: a caller that gives up (the apiserver
-//! cancelled its RPC) abandons only its answer, never its neighbours'.
+//! cancelled its RPC, or its deadline passed) abandons only its answer,
+//! never its neighbours'. Its decrypt is then dropped from the queue before
+//! the next batch is sent, so a backend coming back after an outage is not
+//! handed every call that gave up on it meanwhile. The queue is bounded
+//! (`batch.max_queued`); a decrypt beyond it fails at once with
+//! RESOURCE_EXHAUSTED.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use crate::error::ProviderError;
-use crate::kms::{Batching, DecryptItem, KmsProvider};
+use crate::kms::{Batching, Call, DecryptItem, KmsProvider};
 use crate::secret::Plaintext;
 
 /// Counts for operators, per provider; they outlive swaps.
@@ -28,6 +34,9 @@ pub struct BatchStats {
     pub batches: AtomicU64,
     /// Decrypts carried by those calls.
     pub items: AtomicU64,
+    /// Queued decrypts dropped unsent: their caller left or its deadline
+    /// passed.
+    pub abandoned: AtomicU64,
 }
 
 /// Batches the decrypts of one serving provider version.
@@ -35,6 +44,7 @@ pub struct Coalescer {
     provider: Arc<dyn KmsProvider>,
     max_items: usize,
     max_in_flight: usize,
+    max_queued: usize,
     stats: Arc<BatchStats>,
     state: Mutex<State>,
 }
@@ -49,7 +59,15 @@ struct State {
 
 struct Waiting {
     item: DecryptItem,
+    deadline: Option<Instant>,
     answer: oneshot::Sender<Result<Plaintext, ProviderError>>,
+}
+
+impl Waiting {
+    /// Whether its caller still waits for the answer.
+    fn wanted(&self, now: Instant) -> bool {
+        !self.answer.is_closed() && self.deadline.is_none_or(|deadline| deadline > now)
+    }
 }
 
 impl Coalescer {
@@ -62,16 +80,33 @@ impl Coalescer {
             provider,
             max_items: batching.max_items.max(1),
             max_in_flight: batching.max_in_flight.max(1),
+            max_queued: batching.max_queued.max(1),
             stats,
             state: Mutex::new(State::default()),
         }
     }
 
-    pub async fn decrypt(self: &Arc<Self>, item: DecryptItem) -> Result<Plaintext, ProviderError> {
+    /// Decrypts `item` alone or in a batch, answering by `deadline` if
+    /// the caller has one.
+    pub async fn decrypt(
+        self: &Arc<Self>,
+        item: DecryptItem,
+        deadline: Option<Instant>,
+    ) -> Result<Plaintext, ProviderError> {
         let (answer, answered) = oneshot::channel();
         let start_runner = {
             let mut state = self.state.lock().expect("coalescer lock");
-            state.queue.push_back(Waiting { item, answer });
+            if state.queue.len() >= self.max_queued {
+                return Err(ProviderError::Busy(format!(
+                    "{} decrypts are already queued for batching (batch.max_queued)",
+                    state.queue.len()
+                )));
+            }
+            state.queue.push_back(Waiting {
+                item,
+                deadline,
+                answer,
+            });
             let start = state.running < self.max_in_flight;
             if start {
                 state.running += 1;
@@ -81,11 +116,21 @@ impl Coalescer {
         if start_runner {
             tokio::spawn(self.clone().run());
         }
-        answered.await.unwrap_or_else(|_| {
+        let lost = || {
             Err(ProviderError::Internal(
                 "the decrypt batch carrying this call was lost".into(),
             ))
-        })
+        };
+        match deadline {
+            None => answered.await.unwrap_or_else(|_| lost()),
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), answered).await {
+                Ok(answer) => answer.unwrap_or_else(|_| lost()),
+                // Dropping the receiver tells the runner not to send it.
+                Err(_elapsed) => Err(ProviderError::Unavailable(
+                    "no decrypt batch answered within the caller's deadline".into(),
+                )),
+            },
+        }
     }
 
     /// Runs batches until the queue is empty.
@@ -104,19 +149,46 @@ impl Coalescer {
                     running.stopped = true;
                     return;
                 }
-                let take = state.queue.len().min(self.max_items);
-                state.queue.drain(..take).collect()
+                let now = Instant::now();
+                let mut batch = Vec::with_capacity(state.queue.len().min(self.max_items));
+                while batch.len() < self.max_items {
+                    let Some(waiting) = state.queue.pop_front() else {
+                        break;
+                    };
+                    if waiting.wanted(now) {
+                        batch.push(waiting);
+                    } else {
+                        self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                batch
             };
-            self.send(batch).await;
+            if !batch.is_empty() {
+                self.send(batch).await;
+            }
         }
     }
 
     async fn send(&self, mut batch: Vec<Waiting>) {
+        // The batch may run until its latest caller's deadline; callers
+        // with earlier ones stop waiting by themselves.
+        let deadline = batch
+            .iter()
+            .map(|waiting| waiting.deadline)
+            .reduce(|a, b| a.zip(b).map(|(a, b)| a.max(b)))
+            .flatten();
+        let call = Call::caller(deadline);
         if batch.len() == 1 {
-            let Waiting { item, answer } = batch.remove(0);
+            let Waiting { item, answer, .. } = batch.remove(0);
             let result = self
                 .provider
-                .decrypt(&item.uid, &item.key_id, &item.ciphertext, &item.annotations)
+                .decrypt(
+                    call,
+                    &item.uid,
+                    &item.key_id,
+                    &item.ciphertext,
+                    &item.annotations,
+                )
                 .await;
             let _ = answer.send(result);
             return;
@@ -132,7 +204,7 @@ impl Coalescer {
         let count = items.len();
         let results = self
             .provider
-            .decrypt_batch(items)
+            .decrypt_batch(call, items)
             .await
             .and_then(|results| match results.len() {
                 n if n == count => Ok(results),
@@ -201,6 +273,7 @@ mod tests {
         }
         async fn encrypt(
             &self,
+            _: Call,
             _: &str,
             _: &str,
             _: &Plaintext,
@@ -209,6 +282,7 @@ mod tests {
         }
         async fn decrypt(
             &self,
+            _: Call,
             _: &str,
             _: &str,
             ciphertext: &[u8],
@@ -218,7 +292,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
             open(ciphertext)
         }
-        async fn decrypt_batch(&self, items: Vec<DecryptItem>) -> BatchResult {
+        async fn decrypt_batch(&self, _: Call, items: Vec<DecryptItem>) -> BatchResult {
             self.sizes.lock().unwrap().push(items.len());
             tokio::time::sleep(Duration::from_millis(5)).await;
             let mut results: Vec<_> = items.iter().map(|item| open(&item.ciphertext)).collect();
@@ -244,6 +318,7 @@ mod tests {
         let batching = Batching {
             max_items: 8,
             max_in_flight: 2,
+            max_queued: 64,
         };
         let coalescer = Coalescer::new(fake.clone(), batching, Arc::default());
         (fake, Arc::new(coalescer))
@@ -261,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_decrypt_goes_alone() {
         let (fake, coalescer) = coalescer(0);
-        let plaintext = coalescer.decrypt(item(b"abc")).await.unwrap();
+        let plaintext = coalescer.decrypt(item(b"abc"), None).await.unwrap();
         assert_eq!(plaintext.as_bytes(), b"cba");
         assert_eq!(*fake.sizes.lock().unwrap(), [1]);
     }
@@ -273,7 +348,7 @@ mod tests {
             .map(|i| {
                 let coalescer = coalescer.clone();
                 let ciphertext = if i == 7 { b"bad".to_vec() } else { vec![i, 1] };
-                tokio::spawn(async move { coalescer.decrypt(item(&ciphertext)).await })
+                tokio::spawn(async move { coalescer.decrypt(item(&ciphertext), None).await })
             })
             .collect();
         for (i, call) in calls.into_iter().enumerate() {
@@ -299,7 +374,7 @@ mod tests {
         let calls: Vec<_> = (0..3u8)
             .map(|i| {
                 let coalescer = coalescer.clone();
-                tokio::spawn(async move { coalescer.decrypt(item(&[i])).await })
+                tokio::spawn(async move { coalescer.decrypt(item(&[i]), None).await })
             })
             .collect();
         // On the test's one-thread runtime all three queue before the

@@ -15,6 +15,15 @@ use thiserror::Error;
 use crate::allowlist::Allowlist;
 use crate::secret::Secret;
 
+/// Sandboxed instances that may live at once in the daemon (the size of the
+/// runtime's instance pool). Every provider's quota,
+/// `limits.max_concurrent_calls` plus the host's own
+/// [`CONTROL_INSTANCES`], must fit in it together.
+pub const MAX_INSTANCES: u64 = 256;
+/// Instances a provider may have beyond `max_concurrent_calls`, for the
+/// host's own calls (status refresh, init, canary).
+pub const CONTROL_INSTANCES: u64 = 2;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -55,6 +64,14 @@ pub struct Config {
     /// not used, with a warning. Default: none (compile at every start).
     #[serde(default)]
     pub compile_cache_dir: Option<PathBuf>,
+    /// Guest memory all providers' sandboxes may use together, in MiB. A
+    /// provider can use up to `(limits.max_concurrent_calls + 2) ×
+    /// limits.memory_mib`; a config whose providers could together use
+    /// more is refused. Set it below the memory limit of the daemon's pod
+    /// or unit (see docs/security.md for the rest of the worst case).
+    /// Default 4096.
+    #[serde(default = "default_memory_budget_mib")]
+    pub memory_budget_mib: u64,
     /// The admin HTTP server: probes, metrics, the providers view.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -143,6 +160,12 @@ pub struct BatchConfig {
     /// queue for the next batch. Default 4.
     #[serde(default = "default_batch_max_in_flight")]
     pub max_in_flight: u64,
+    /// Decrypts that may wait for a batch, at most; one beyond that fails
+    /// at once with RESOURCE_EXHAUSTED. Decrypts whose caller gave up or
+    /// whose deadline passed are dropped from the queue unsent. Default
+    /// 1024.
+    #[serde(default = "default_batch_max_queued")]
+    pub max_queued: u64,
 }
 
 impl Default for BatchConfig {
@@ -150,6 +173,7 @@ impl Default for BatchConfig {
         BatchConfig {
             max_items: default_batch_max_items(),
             max_in_flight: default_batch_max_in_flight(),
+            max_queued: default_batch_max_queued(),
         }
     }
 }
@@ -159,6 +183,9 @@ fn default_batch_max_items() -> u64 {
 }
 fn default_batch_max_in_flight() -> u64 {
     4
+}
+fn default_batch_max_queued() -> u64 {
+    1024
 }
 
 /// One provider setting. A setting can be key material (the local-aes
@@ -247,6 +274,16 @@ pub struct LimitsConfig {
     /// starting size. 1 gives every call a fresh instance. Default 1000.
     #[serde(default = "default_calls_per_instance")]
     pub calls_per_instance: u64,
+    /// Instances of this provider alive at once for callers (busy or idle
+    /// between calls), so one provider cannot take another's share. The
+    /// host keeps 2 more for its own status refresh and canary. Default 16.
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_concurrent_calls: u64,
+    /// Calls that may wait for a free instance when all are busy; a call
+    /// beyond that, or one still waiting at its deadline, fails with
+    /// RESOURCE_EXHAUSTED without running. Default 64.
+    #[serde(default = "default_max_queued_calls")]
+    pub max_queued_calls: u64,
 }
 
 fn default_socket_mode() -> String {
@@ -282,6 +319,15 @@ fn default_call_timeout_ms() -> u64 {
 fn default_calls_per_instance() -> u64 {
     1_000
 }
+fn default_max_concurrent_calls() -> u64 {
+    16
+}
+fn default_max_queued_calls() -> u64 {
+    64
+}
+fn default_memory_budget_mib() -> u64 {
+    4096
+}
 
 impl Default for OutboundConfig {
     fn default() -> Self {
@@ -303,6 +349,8 @@ impl Default for LimitsConfig {
             cpu_ms: default_cpu_ms(),
             call_timeout_ms: default_call_timeout_ms(),
             calls_per_instance: default_calls_per_instance(),
+            max_concurrent_calls: default_max_concurrent_calls(),
+            max_queued_calls: default_max_queued_calls(),
         }
     }
 }
@@ -412,6 +460,9 @@ impl Config {
     /// Checks everything that can be checked without touching the disk.
     pub fn validate(&self) -> Result<(), Problem> {
         self.socket_mode()?;
+        if self.memory_budget_mib == 0 {
+            return Err(Problem::new("memory_budget_mib", "must be greater than 0"));
+        }
         if self.status_interval_ms < 100 {
             return Err(Problem::new("status_interval_ms", "must be at least 100"));
         }
@@ -436,7 +487,39 @@ impl Config {
             seen.push(&provider.name);
         }
         self.primary_name()?;
+        let instances: u64 = self
+            .providers
+            .iter()
+            .map(|p| p.limits.max_concurrent_calls + CONTROL_INSTANCES)
+            .sum();
+        if instances > MAX_INSTANCES {
+            return Err(Problem::new(
+                "providers",
+                format!(
+                    "the providers may hold {instances} instances at once (limits.max_concurrent_calls + {CONTROL_INSTANCES} each); the daemon has {MAX_INSTANCES}"
+                ),
+            ));
+        }
+        let worst = self.worst_case_memory_mib();
+        if worst > self.memory_budget_mib {
+            return Err(Problem::new(
+                "memory_budget_mib",
+                format!(
+                    "the providers may use {worst} MiB of guest memory at once ((limits.max_concurrent_calls + {CONTROL_INSTANCES}) × limits.memory_mib each), more than the budget of {} MiB",
+                    self.memory_budget_mib
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The most guest memory every provider's instances can use together,
+    /// in MiB.
+    pub fn worst_case_memory_mib(&self) -> u64 {
+        self.providers
+            .iter()
+            .map(|p| (p.limits.max_concurrent_calls + CONTROL_INSTANCES) * p.limits.memory_mib)
+            .sum()
     }
 
     /// Whether a running daemon can move from `self` to `next` without a
@@ -533,8 +616,10 @@ impl ProviderConfig {
             ("limits.cpu_ms", limits.cpu_ms),
             ("limits.call_timeout_ms", limits.call_timeout_ms),
             ("limits.calls_per_instance", limits.calls_per_instance),
+            ("limits.max_concurrent_calls", limits.max_concurrent_calls),
             ("batch.max_items", self.batch.max_items),
             ("batch.max_in_flight", self.batch.max_in_flight),
+            ("batch.max_queued", self.batch.max_queued),
             ("outbound.timeout_ms", self.outbound.timeout_ms),
             (
                 "outbound.max_response_bytes",
@@ -669,10 +754,14 @@ mod tests {
                 limits.memory_mib,
                 limits.cpu_ms,
                 limits.call_timeout_ms,
-                limits.calls_per_instance
+                limits.calls_per_instance,
+                limits.max_concurrent_calls,
+                limits.max_queued_calls,
             ),
-            (64, 1000, 5000, 1000)
+            (64, 1000, 5000, 1000, 16, 64)
         );
+        assert_eq!(config.memory_budget_mib, 4096);
+        assert_eq!(config.worst_case_memory_mib(), 18 * 64);
         assert!(config.providers[0].outbound.allowed_hosts.is_empty());
     }
 
@@ -726,6 +815,8 @@ mod tests {
     #[case::socket_mode_too_big("socket_mode = \"1777\"", "socket_mode")]
     #[case::tiny_status_interval("status_interval_ms = 5", "status_interval_ms")]
     #[case::unknown_primary("primary = \"vault\"", "primary")]
+    #[case::zero_budget("memory_budget_mib = 0", "memory_budget_mib")]
+    #[case::over_budget("memory_budget_mib = 100", "memory_budget_mib")]
     #[case::remote_reload(
         "[admin]\nlisten = \"0.0.0.0:9474\"\nallow_reload = true",
         "admin.allow_reload"
@@ -756,6 +847,14 @@ mod tests {
         "providers[0].limits.call_timeout_ms"
     )]
     #[case::bad_pin("sha256 = \"abc\"", "providers[0].sha256")]
+    #[case::no_concurrency(
+        "[providers.limits]\nmax_concurrent_calls = 0",
+        "providers[0].limits.max_concurrent_calls"
+    )]
+    #[case::more_instances_than_the_pool(
+        "[providers.limits]\nmax_concurrent_calls = 300\nmemory_mib = 1",
+        "providers"
+    )]
     #[case::half_mtls(
         "[providers.outbound]\nclient_cert_file = \"c.pem\"",
         "providers[0].outbound"

@@ -49,9 +49,21 @@ pub enum ProviderError {
     /// thrown away.
     #[error("provider trapped: {0}")]
     Trapped(String),
-    /// The call ran past its CPU budget or its wall-clock timeout.
-    #[error("deadline exceeded after {0} ms")]
-    DeadlineExceeded(u64),
+    /// The guest's own work (and the host's work on its behalf) used up
+    /// `limits.cpu_ms`. Time spent waiting, on the backend or a timer, does
+    /// not count.
+    #[error("CPU budget of {0} ms used up (limits.cpu_ms)")]
+    CpuBudgetExceeded(u64),
+    /// The call ran out of wall-clock time while the guest was running or
+    /// waiting on something other than its backend (a timer, the host):
+    /// `limits.call_timeout_ms`, or the caller's own deadline when sooner.
+    /// (Out of time while waiting on the backend is [`ProviderError::Unavailable`].)
+    #[error("no answer within {0} ms (limits.call_timeout_ms or the caller's deadline)")]
+    TimedOut(u64),
+    /// Every instance the provider may have is busy and its queue is full,
+    /// or no instance came free in time. Nothing ran.
+    #[error("provider busy: {0}")]
+    Busy(String),
     /// The guest tried to grow its memory past the provider's cap.
     #[error("memory cap of {0} MiB reached")]
     MemoryExhausted(u64),
@@ -105,8 +117,12 @@ impl KmsError {
                 ProviderError::PermissionDenied(_) => Code::PermissionDenied,
                 ProviderError::Unavailable(_) => Code::Unavailable,
                 ProviderError::InvalidConfig(_) => Code::FailedPrecondition,
-                ProviderError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-                ProviderError::MemoryExhausted(_) => Code::ResourceExhausted,
+                ProviderError::CpuBudgetExceeded(_) | ProviderError::TimedOut(_) => {
+                    Code::DeadlineExceeded
+                }
+                ProviderError::MemoryExhausted(_) | ProviderError::Busy(_) => {
+                    Code::ResourceExhausted
+                }
                 ProviderError::Internal(_)
                 | ProviderError::Trapped(_)
                 | ProviderError::Contract(_) => Code::Internal,
@@ -158,8 +174,16 @@ mod tests {
             Code::Unavailable
         );
         assert_eq!(
-            provider(ProviderError::DeadlineExceeded(5)).code(),
+            provider(ProviderError::CpuBudgetExceeded(5)).code(),
             Code::DeadlineExceeded
+        );
+        assert_eq!(
+            provider(ProviderError::TimedOut(5)).code(),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            provider(ProviderError::Busy("full".into())).code(),
+            Code::ResourceExhausted
         );
         assert_eq!(
             provider(ProviderError::MemoryExhausted(64)).code(),

@@ -11,7 +11,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use async_trait::async_trait;
 
 use crate::error::ProviderError;
-use crate::kms::{Encrypted, KmsProvider, ProviderStatus};
+use crate::kms::{Call, Encrypted, KmsProvider, ProviderStatus};
 use crate::limits::Annotations;
 use crate::secret::Plaintext;
 
@@ -45,6 +45,7 @@ impl KmsProvider for NativeAes {
 
     async fn encrypt(
         &self,
+        _: Call,
         _: &str,
         key_id: &str,
         plaintext: &Plaintext,
@@ -72,6 +73,7 @@ impl KmsProvider for NativeAes {
 
     async fn decrypt(
         &self,
+        _: Call,
         _: &str,
         key_id: &str,
         ciphertext: &[u8],
@@ -121,6 +123,7 @@ impl KmsProvider for NativeTransit {
 
     async fn encrypt(
         &self,
+        _: Call,
         _: &str,
         key_id: &str,
         plaintext: &Plaintext,
@@ -138,6 +141,7 @@ impl KmsProvider for NativeTransit {
 
     async fn decrypt(
         &self,
+        _: Call,
         _: &str,
         _: &str,
         ciphertext: &[u8],

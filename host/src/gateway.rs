@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
@@ -140,8 +140,13 @@ impl Gateway {
         let interval = self.status_interval;
         let handle = tokio::spawn(async move {
             loop {
+                // While the backend is down, check as often as the
+                // breaker's cool-down says (never in a tight loop).
+                let wait = slot.breaker().retry_in().map_or(interval, |retry| {
+                    retry.clamp(Duration::from_millis(100), interval)
+                });
                 tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = slot.refresh_now.notified() => {}
                 }
                 slot.refresh().await;
@@ -170,10 +175,16 @@ impl Gateway {
         GatewayStatus { healthz, key_id }
     }
 
-    pub async fn encrypt(&self, uid: &str, plaintext: &Plaintext) -> Result<Sealed, KmsError> {
+    /// `deadline`: when the caller needs the answer by, if it said.
+    pub async fn encrypt(
+        &self,
+        uid: &str,
+        plaintext: &Plaintext,
+        deadline: Option<Instant>,
+    ) -> Result<Sealed, KmsError> {
         limits::check_plaintext(plaintext.as_bytes()).map_err(KmsError::InvalidRequest)?;
         let slot = self.primary();
-        let encrypted = slot.encrypt(uid, plaintext).await?;
+        let encrypted = slot.encrypt(uid, plaintext, deadline).await?;
         Ok(Sealed {
             ciphertext: encrypted.ciphertext,
             key_id: namespaced(slot.name(), &encrypted.key_id),
@@ -187,6 +198,7 @@ impl Gateway {
         key_id: &str,
         ciphertext: &[u8],
         annotations: &Annotations,
+        deadline: Option<Instant>,
     ) -> Result<Plaintext, KmsError> {
         limits::check_key_id(key_id).map_err(KmsError::InvalidRequest)?;
         limits::check_ciphertext(ciphertext).map_err(KmsError::InvalidRequest)?;
@@ -198,7 +210,7 @@ impl Gateway {
         let slot = self
             .slot(name)
             .ok_or_else(|| KmsError::UnknownProvider(name.to_string()))?;
-        slot.decrypt(uid, provider_key_id, ciphertext, annotations)
+        slot.decrypt(uid, provider_key_id, ciphertext, annotations, deadline)
             .await
     }
 }
@@ -239,7 +251,7 @@ mod tests {
 
     use super::*;
     use crate::error::ProviderError;
-    use crate::kms::{Encrypted, KmsProvider, ProviderStatus};
+    use crate::kms::{Call, Encrypted, KmsProvider, ProviderStatus};
     use crate::slot::{Origin, Serving};
 
     /// An in-process provider: "encrypts" by reversing, answers what the
@@ -274,6 +286,7 @@ mod tests {
 
         async fn encrypt(
             &self,
+            _: Call,
             _: &str,
             key_id: &str,
             plaintext: &Plaintext,
@@ -291,6 +304,7 @@ mod tests {
 
         async fn decrypt(
             &self,
+            _: Call,
             _: &str,
             key_id: &str,
             ciphertext: &[u8],
@@ -333,7 +347,7 @@ mod tests {
             }
         );
         let sealed = gateway
-            .encrypt("u1", &Plaintext::new(b"dek".to_vec()))
+            .encrypt("u1", &Plaintext::new(b"dek".to_vec()), None)
             .await
             .unwrap();
         assert_eq!(sealed.key_id, "fake/k1");
@@ -343,6 +357,7 @@ mod tests {
                 &sealed.key_id,
                 &sealed.ciphertext,
                 &sealed.annotations,
+                None,
             )
             .await
             .unwrap();
@@ -353,7 +368,7 @@ mod tests {
     async fn bad_input_gets_clear_codes() {
         let gateway = gateway(Fake::healthy("k1")).await;
         let empty = gateway
-            .encrypt("u", &Plaintext::new(vec![]))
+            .encrypt("u", &Plaintext::new(vec![]), None)
             .await
             .unwrap_err();
         assert_eq!(empty.code(), Code::InvalidArgument);
@@ -367,14 +382,14 @@ mod tests {
         ];
         for (key_id, ciphertext, code) in cases {
             let error = gateway
-                .decrypt("u", key_id, ciphertext, &none)
+                .decrypt("u", key_id, ciphertext, &none, None)
                 .await
                 .unwrap_err();
             assert_eq!(error.code(), code, "{key_id:?}: {error}");
         }
         let oversize = vec![1; limits::MAX_CIPHERTEXT_BYTES + 1];
         let error = gateway
-            .decrypt("u", "fake/k1", &oversize, &none)
+            .decrypt("u", "fake/k1", &oversize, &none, None)
             .await
             .unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument);
@@ -388,7 +403,7 @@ mod tests {
         });
         let gateway = gateway(fake).await;
         let error = gateway
-            .encrypt("u", &Plaintext::new(b"dek".to_vec()))
+            .encrypt("u", &Plaintext::new(b"dek".to_vec()), None)
             .await
             .unwrap_err();
         assert!(
@@ -437,7 +452,7 @@ mod tests {
         fake.set_status(Err(ProviderError::Unavailable("down".into())));
         let gateway = gateway(fake).await;
         let error = gateway
-            .encrypt("u", &Plaintext::new(b"dek".to_vec()))
+            .encrypt("u", &Plaintext::new(b"dek".to_vec()), None)
             .await
             .unwrap_err();
         assert_eq!(error.code(), Code::Unavailable);

@@ -2,6 +2,8 @@
 //! depends on this trait, not on wasmtime; [`crate::wasm::WasmProvider`] is
 //! one implementation, tests use in-process fakes.
 
+use std::time::Instant;
+
 use async_trait::async_trait;
 
 use crate::error::ProviderError;
@@ -27,6 +29,34 @@ pub struct Encrypted {
     pub annotations: Annotations,
 }
 
+/// Who is calling a provider, and by when the answer is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    /// Answer by then: the caller's gRPC deadline, less a margin. `None`:
+    /// only the provider's own limits apply.
+    pub deadline: Option<Instant>,
+    /// The host's own call (status refresh, init, swap canary): it never
+    /// queues behind callers, so health checks and swaps work while a
+    /// provider is saturated.
+    pub control: bool,
+}
+
+impl Call {
+    /// The host's own call, bounded by the provider's limits only.
+    pub const CONTROL: Call = Call {
+        deadline: None,
+        control: true,
+    };
+
+    /// A caller's call, to be answered by `deadline` if it has one.
+    pub fn caller(deadline: Option<Instant>) -> Call {
+        Call {
+            deadline,
+            control: false,
+        }
+    }
+}
+
 /// One decrypt of a batch: the arguments of [`KmsProvider::decrypt`].
 #[derive(Debug, Clone)]
 pub struct DecryptItem {
@@ -47,6 +77,19 @@ pub struct Batching {
     pub max_items: usize,
     /// Batches in flight at once, at most.
     pub max_in_flight: usize,
+    /// Decrypts waiting for a batch, at most; more fail at once.
+    pub max_queued: usize,
+}
+
+/// What a provider holds now, for operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Instances alive for callers (busy or idle).
+    pub instances: u64,
+    /// Calls waiting for an instance.
+    pub queued: u64,
+    /// Guest memory of all its instances, in bytes.
+    pub memory_bytes: u64,
 }
 
 /// A KMS provider. Implementations must be cheap to call concurrently.
@@ -60,6 +103,7 @@ pub trait KmsProvider: Send + Sync + 'static {
     /// [`KmsProvider::status`].
     async fn encrypt(
         &self,
+        call: Call,
         uid: &str,
         key_id: &str,
         plaintext: &Plaintext,
@@ -67,6 +111,7 @@ pub trait KmsProvider: Send + Sync + 'static {
 
     async fn decrypt(
         &self,
+        call: Call,
         uid: &str,
         key_id: &str,
         ciphertext: &[u8],
@@ -80,15 +125,26 @@ pub trait KmsProvider: Send + Sync + 'static {
         None
     }
 
+    /// What the provider holds now; zero for providers without a quota.
+    fn usage(&self) -> Usage {
+        Usage::default()
+    }
+
     /// Decrypts every item, each judged on its own. The gateway sends at
     /// most [`Batching::max_items`] items. The default decrypts them one
     /// after another.
-    async fn decrypt_batch(&self, items: Vec<DecryptItem>) -> BatchResult {
+    async fn decrypt_batch(&self, call: Call, items: Vec<DecryptItem>) -> BatchResult {
         let mut results = Vec::with_capacity(items.len());
         for item in &items {
             results.push(
-                self.decrypt(&item.uid, &item.key_id, &item.ciphertext, &item.annotations)
-                    .await,
+                self.decrypt(
+                    call,
+                    &item.uid,
+                    &item.key_id,
+                    &item.ciphertext,
+                    &item.annotations,
+                )
+                .await,
             );
         }
         Ok(results)

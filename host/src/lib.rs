@@ -16,6 +16,8 @@
 //! - [`proto`] — generated gRPC code, with redacting `Debug`.
 //! - [`gateway`] — routing, apiserver limits, status kept fresh in the background.
 //! - [`slot`] — one provider: the swappable serving version, health, canary samples.
+//! - [`breaker`] — fail fast while a provider's backend is known to be down.
+//! - [`coalesce`] — concurrent decrypts coalesced into batches.
 //! - [`reload`] — hot swap: re-read config, build, canary, switch.
 //! - [`watch`] — reload when a watched file changes.
 //! - [`integrity`] — the component pin (and the place for signatures).
@@ -27,6 +29,7 @@
 //! - [`outbound`] — providers' outbound HTTP (reqwest) with TLS and caps.
 //! - [`allowlist`] — which hosts a provider may reach.
 //! - [`secret`] — redacting wrappers for plaintext and credentials.
+//! - [`sanitize`] — provider- and caller-supplied text, cut and cleaned before it is shown.
 //! - [`client`] — a client for the socket (CLI and tests).
 //! - [`admin_http`] — /livez, /readyz, /metrics, /providers on loopback.
 //! - [`metrics`] — Prometheus metrics.
@@ -36,6 +39,7 @@
 pub mod admin_http;
 pub mod allowlist;
 pub mod bench;
+pub mod breaker;
 pub mod client;
 pub mod coalesce;
 pub mod config;
@@ -51,6 +55,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod proto;
 pub mod reload;
+pub mod sanitize;
 pub mod secret;
 pub mod server;
 pub mod slot;

@@ -291,7 +291,7 @@ async fn shutdown_signal() {
 async fn check(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     // No disk cache: a check writes nothing.
-    let runtime = wasm::Runtime::new(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = wasm::Runtime::new(None, 4096 << 20).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut failed = false;
     for provider in &config.providers {
         match wasm::check(&runtime, provider).await {
@@ -480,6 +480,9 @@ async fn providers(socket: PathBuf) -> anyhow::Result<()> {
                 "last_reload_error": p.last_reload_error,
                 "batches_decrypts": p.batches_decrypts, "decrypt_batches": p.decrypt_batches,
                 "decrypt_batch_items": p.decrypt_batch_items,
+                "decrypts_abandoned": p.decrypts_abandoned, "breaker": p.breaker,
+                "fast_failures": p.fast_failures, "instances": p.instances,
+                "queued_calls": p.queued_calls, "sandbox_memory_bytes": p.sandbox_memory_bytes,
             })
         })
         .collect();

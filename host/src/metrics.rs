@@ -69,6 +69,13 @@ pub struct Metrics {
     provider_info: Family<ProviderInfoLabels, Gauge>,
     decrypt_batches: Family<ProviderLabels, Counter>,
     decrypt_batch_items: Family<ProviderLabels, Counter>,
+    decrypts_abandoned: Family<ProviderLabels, Counter>,
+    breaker_open: Family<ProviderLabels, Gauge>,
+    breaker_opened: Family<ProviderLabels, Counter>,
+    fast_failures: Family<ProviderLabels, Counter>,
+    instances: Family<ProviderLabels, Gauge>,
+    queued_calls: Family<ProviderLabels, Gauge>,
+    sandbox_memory: Family<ProviderLabels, Gauge>,
     in_flight: Gauge,
 }
 
@@ -149,6 +156,48 @@ impl Metrics {
             "Decrypts carried by those calls",
             decrypt_batch_items.clone(),
         );
+        let decrypts_abandoned = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "decrypts_abandoned",
+            "Queued decrypts dropped unsent because their caller gave up or its deadline passed",
+            decrypts_abandoned.clone(),
+        );
+        let breaker_open = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "provider_breaker_open",
+            "1 while the provider's backend is known to be down and calls fail fast",
+            breaker_open.clone(),
+        );
+        let breaker_opened = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "provider_breaker_opened",
+            "Times the provider's circuit breaker opened",
+            breaker_opened.clone(),
+        );
+        let fast_failures = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "provider_fast_failures",
+            "Calls failed at once (UNAVAILABLE) while the breaker was open",
+            fast_failures.clone(),
+        );
+        let instances = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "provider_instances",
+            "Sandboxed instances alive for callers (busy or idle)",
+            instances.clone(),
+        );
+        let queued_calls = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "provider_queued_calls",
+            "Calls waiting for a free instance",
+            queued_calls.clone(),
+        );
+        let sandbox_memory = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "provider_sandbox_memory_bytes",
+            "Guest memory of the provider's live instances",
+            sandbox_memory.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "requests_in_flight",
@@ -173,6 +222,13 @@ impl Metrics {
             provider_info,
             decrypt_batches,
             decrypt_batch_items,
+            decrypts_abandoned,
+            breaker_open,
+            breaker_opened,
+            fast_failures,
+            instances,
+            queued_calls,
+            sandbox_memory,
             in_flight,
         }
     }
@@ -223,7 +279,7 @@ impl Metrics {
                 ProviderError::Trapped(_) | ProviderError::MemoryExhausted(_) => {
                     self.traps.get_or_create(&labels).inc();
                 }
-                ProviderError::DeadlineExceeded(_) => {
+                ProviderError::CpuBudgetExceeded(_) | ProviderError::TimedOut(_) => {
                     self.deadlines.get_or_create(&labels).inc();
                 }
                 _ => {}
@@ -261,6 +317,32 @@ impl Metrics {
                 .get_or_create(&labels)
                 .inner()
                 .store(stats.items.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.decrypts_abandoned
+                .get_or_create(&labels)
+                .inner()
+                .store(stats.abandoned.load(Ordering::Relaxed), Ordering::Relaxed);
+            let breaker = slot.breaker();
+            self.breaker_open.get_or_create(&labels).set(i64::from(
+                breaker.state() != crate::breaker::BreakerState::Closed,
+            ));
+            self.breaker_opened
+                .get_or_create(&labels)
+                .inner()
+                .store(breaker.opened.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.fast_failures.get_or_create(&labels).inner().store(
+                breaker.fast_failures.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            let usage = slot.serving().provider.usage();
+            self.instances
+                .get_or_create(&labels)
+                .set(usage.instances as i64);
+            self.queued_calls
+                .get_or_create(&labels)
+                .set(usage.queued as i64);
+            self.sandbox_memory
+                .get_or_create(&labels)
+                .set(usage.memory_bytes as i64);
             let key_id_hash = health
                 .key_id
                 .map(|id| {

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::kms::{DecryptItem, KmsProvider};
+use crate::kms::{Call, DecryptItem, KmsProvider};
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::secret::Plaintext;
@@ -100,6 +100,17 @@ pub struct ProviderView {
     pub batches_decrypts: bool,
     pub decrypt_batches: u64,
     pub decrypt_batch_items: u64,
+    /// Queued decrypts dropped unsent because their caller gave up.
+    pub decrypts_abandoned: u64,
+    /// The circuit breaker: "closed", "open" or "probing".
+    pub breaker: String,
+    /// Calls failed at once while the breaker was open.
+    pub fast_failures: u64,
+    /// Instances alive for callers now, and calls waiting for one.
+    pub instances: u64,
+    pub queued_calls: u64,
+    /// Guest memory of the provider's instances, in bytes.
+    pub sandbox_memory_bytes: u64,
 }
 
 pub struct Reloader {
@@ -141,6 +152,7 @@ impl Reloader {
             .map(|slot| {
                 let serving = slot.serving();
                 let health = slot.health();
+                let usage = serving.provider.usage();
                 ProviderView {
                     name: slot.name().to_string(),
                     primary: slot.name() == primary.name(),
@@ -162,6 +174,12 @@ impl Reloader {
                     batches_decrypts: serving.provider.batching().is_some(),
                     decrypt_batches: slot.batch_stats().batches.load(Ordering::Relaxed),
                     decrypt_batch_items: slot.batch_stats().items.load(Ordering::Relaxed),
+                    decrypts_abandoned: slot.batch_stats().abandoned.load(Ordering::Relaxed),
+                    breaker: slot.breaker().state().as_str().to_string(),
+                    fast_failures: slot.breaker().fast_failures.load(Ordering::Relaxed),
+                    instances: usage.instances,
+                    queued_calls: usage.queued,
+                    sandbox_memory_bytes: usage.memory_bytes,
                 }
             })
             .collect();
@@ -268,7 +286,7 @@ impl Reloader {
         let mut probe = [0u8; 32];
         getrandom::fill(&mut probe).map_err(|e| format!("no randomness for the canary: {e}"))?;
         if let Err(error) = slot
-            .encrypt(CANARY_UID, &Plaintext::new(probe.to_vec()))
+            .encrypt(CANARY_UID, &Plaintext::new(probe.to_vec()), None)
             .await
         {
             tracing::warn!(provider = %slot.name(), "the serving version could not encrypt a canary probe: {error}");
@@ -318,7 +336,7 @@ pub async fn canary(
     getrandom::fill(&mut probe).map_err(|e| format!("no randomness for the canary: {e}"))?;
     let probe = Plaintext::new(probe.to_vec());
     let sealed = candidate
-        .encrypt(CANARY_UID, &status.key_id, &probe)
+        .encrypt(Call::CONTROL, CANARY_UID, &status.key_id, &probe)
         .await
         .map_err(|e| format!("canary: encrypt failed: {e}"))?;
     if sealed.key_id != status.key_id {
@@ -331,6 +349,7 @@ pub async fn canary(
     limits::check_annotations(&sealed.annotations).map_err(|e| format!("canary: {e}"))?;
     let opened = candidate
         .decrypt(
+            Call::CONTROL,
             CANARY_UID,
             &sealed.key_id,
             &sealed.ciphertext,
@@ -345,6 +364,7 @@ pub async fn canary(
     for sample in samples {
         let opened = candidate
             .decrypt(
+                Call::CONTROL,
                 CANARY_UID,
                 &sample.key_id,
                 &sample.ciphertext,
@@ -407,7 +427,7 @@ async fn batch_canary(
     );
     let count = items.len();
     let results = candidate
-        .decrypt_batch(items)
+        .decrypt_batch(Call::CONTROL, items)
         .await
         .map_err(|e| format!("canary: decrypt-batch failed: {e}"))?;
     if results.len() != count {

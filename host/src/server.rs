@@ -44,8 +44,11 @@ pub async fn run(
     mut socket: BoundSocket,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let runtime = Runtime::new(config.compile_cache_dir.as_deref())
-        .map_err(|e| ServeError::Runtime(e.to_string()))?;
+    let runtime = Runtime::new(
+        config.compile_cache_dir.as_deref(),
+        (config.memory_budget_mib << 20) as usize,
+    )
+    .map_err(|e| ServeError::Runtime(e.to_string()))?;
     let gateway = Arc::new(load_gateway(&runtime, &config).await?);
     gateway.start().await;
     let status = gateway.status();

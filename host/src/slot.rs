@@ -5,14 +5,15 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use crate::breaker::Breaker;
 use crate::coalesce::{BatchStats, Coalescer};
 use crate::error::{Action, KmsError, ProviderError};
-use crate::kms::{DecryptItem, KmsProvider};
+use crate::kms::{Call, DecryptItem, KmsProvider};
 use crate::limits::{self, Annotations};
 use crate::secret::Plaintext;
 
@@ -85,6 +86,9 @@ pub struct Slot {
     samples: Mutex<VecDeque<Sample>>,
     last_reload_error: RwLock<Option<String>>,
     batch_stats: Arc<BatchStats>,
+    /// Fails calls fast while the backend is known to be down; kept across
+    /// swaps (the backend is the same).
+    breaker: Breaker,
 }
 
 impl Slot {
@@ -102,6 +106,7 @@ impl Slot {
             refresh_now: Notify::new(),
             samples: Mutex::new(VecDeque::new()),
             last_reload_error: RwLock::new(None),
+            breaker: Breaker::default(),
         }
     }
 
@@ -141,6 +146,10 @@ impl Slot {
     /// Sets the health a canary saw, before the slot serves.
     pub fn swap_health(&self, health: Health) {
         *self.health.write().expect("health lock poisoned") = health;
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     /// Decrypt batches so far, across swaps.
@@ -199,6 +208,13 @@ impl Slot {
             check_provider_key_id(&self.name, &status.key_id)?;
             Ok(status)
         });
+        let down = match &result {
+            Err(ProviderError::Unavailable(why)) => Some(why.as_str()),
+            _ => None,
+        };
+        if self.breaker.checked(down) {
+            self.log_breaker(down);
+        }
         let previous = self.health();
         let next = match result {
             Ok(status) => Health {
@@ -231,17 +247,23 @@ impl Slot {
         &self,
         uid: &str,
         plaintext: &Plaintext,
+        deadline: Option<Instant>,
     ) -> Result<crate::kms::Encrypted, KmsError> {
         let health = self.health();
         let key_id = health.key_id.ok_or_else(|| KmsError::NotReady {
             provider: self.name.clone(),
             reason: health.detail,
         })?;
-        let encrypted = self
+        let admission = self
+            .breaker
+            .admit()
+            .map_err(|why| self.fast_failure(Action::Encrypt, why))?;
+        let result = self
             .provider()
-            .encrypt(uid, &key_id, plaintext)
-            .await
-            .map_err(|e| self.error(Action::Encrypt, e))?;
+            .encrypt(Call::caller(deadline), uid, &key_id, plaintext)
+            .await;
+        self.settle(admission, result.as_ref().err());
+        let encrypted = result.map_err(|e| self.error(Action::Encrypt, e))?;
         let contract =
             |message: String| self.error(Action::Encrypt, ProviderError::Contract(message));
         if encrypted.key_id != key_id {
@@ -267,6 +289,7 @@ impl Slot {
         key_id: &str,
         ciphertext: &[u8],
         annotations: &Annotations,
+        deadline: Option<Instant>,
     ) -> Result<Plaintext, KmsError> {
         // The two `Arc`s only, not the whole `Serving` (its origin has
         // strings to copy).
@@ -274,6 +297,10 @@ impl Slot {
             let serving = self.serving.read().expect("serving lock poisoned");
             (serving.provider.clone(), serving.coalescer.clone())
         };
+        let admission = self
+            .breaker
+            .admit()
+            .map_err(|why| self.fast_failure(Action::Decrypt, why))?;
         let result = match &coalescer {
             Some(coalescer) => {
                 let item = DecryptItem {
@@ -282,10 +309,15 @@ impl Slot {
                     ciphertext: ciphertext.to_vec(),
                     annotations: annotations.clone(),
                 };
-                coalescer.decrypt(item).await
+                coalescer.decrypt(item, deadline).await
             }
-            None => provider.decrypt(uid, key_id, ciphertext, annotations).await,
+            None => {
+                provider
+                    .decrypt(Call::caller(deadline), uid, key_id, ciphertext, annotations)
+                    .await
+            }
         };
+        self.settle(admission, result.as_ref().err());
         let plaintext = result.map_err(|e| self.error(Action::Decrypt, e))?;
         limits::check_plaintext(plaintext.as_bytes()).map_err(|e| {
             self.error(
@@ -296,23 +328,48 @@ impl Slot {
         Ok(plaintext)
     }
 
-    /// Marks the backend down at once (without waiting for the next poll)
-    /// and asks the refresher to check again.
-    fn saw_unavailable(&self, error: &ProviderError) {
-        if let ProviderError::Unavailable(_) = error {
+    /// Tells the breaker how a call went. A backend found unavailable is
+    /// marked down at once (without waiting for the next poll), and the
+    /// refresher is asked to check again.
+    fn settle(&self, admission: crate::breaker::Admission<'_>, error: Option<&ProviderError>) {
+        let down = match error {
+            Some(ProviderError::Unavailable(why)) => Some(why.as_str()),
+            _ => None,
+        };
+        if admission.finish(down) {
+            self.log_breaker(down);
+        }
+        if let Some(why) = down {
             let mut health = self.health.write().expect("health lock poisoned");
             if health.healthy {
-                tracing::warn!(provider = %self.name, "provider unhealthy: {error}");
+                tracing::warn!(provider = %self.name, "provider unhealthy: backend unavailable: {why}");
             }
             health.healthy = false;
-            health.detail = error.to_string();
+            health.detail = format!("backend unavailable: {why}");
             drop(health);
             self.refresh_now.notify_one();
         }
     }
 
+    fn log_breaker(&self, down: Option<&str>) {
+        match down {
+            Some(why) => {
+                tracing::warn!(provider = %self.name, "backend down, failing calls fast until it answers: {why}")
+            }
+            None => tracing::info!(provider = %self.name, "backend answers again"),
+        }
+    }
+
+    /// A call the breaker refused: the backend is known to be down.
+    fn fast_failure(&self, action: Action, why: String) -> KmsError {
+        KmsError::Provider {
+            provider: self.name.clone(),
+            action,
+            error: ProviderError::Unavailable(why),
+        }
+    }
+
     fn error(&self, action: Action, error: ProviderError) -> KmsError {
-        self.saw_unavailable(&error);
         KmsError::Provider {
             provider: self.name.clone(),
             action,

@@ -44,6 +44,12 @@ impl Admin for AdminService {
                 batches_decrypts: p.batches_decrypts,
                 decrypt_batches: p.decrypt_batches,
                 decrypt_batch_items: p.decrypt_batch_items,
+                decrypts_abandoned: p.decrypts_abandoned,
+                breaker: p.breaker,
+                fast_failures: p.fast_failures,
+                instances: p.instances,
+                queued_calls: p.queued_calls,
+                sandbox_memory_bytes: p.sandbox_memory_bytes,
             })
             .collect();
         Ok(Response::new(ProvidersResponse {

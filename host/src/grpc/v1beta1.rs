@@ -70,6 +70,7 @@ impl KeyManagementService for V1beta1Service {
     ) -> Result<Response<EncryptResponse>, Status> {
         let started = Instant::now();
         let _in_flight = self.metrics.in_flight();
+        let deadline = super::caller_deadline(request.metadata());
         let EncryptRequest { version, plain } = request.into_inner();
         check_version(&version)?;
         let plaintext = Plaintext::new(plain);
@@ -78,7 +79,7 @@ impl KeyManagementService for V1beta1Service {
             tracing::debug_span!("encrypt", api = "v1beta1", %provider, bytes = plaintext.len());
         let result = self
             .gateway
-            .encrypt("", &plaintext)
+            .encrypt("", &plaintext, deadline)
             .instrument(span.clone())
             .await
             .and_then(|sealed| {
@@ -115,6 +116,7 @@ impl KeyManagementService for V1beta1Service {
     ) -> Result<Response<DecryptResponse>, Status> {
         let started = Instant::now();
         let _in_flight = self.metrics.in_flight();
+        let deadline = super::caller_deadline(request.metadata());
         let DecryptRequest { version, cipher } = request.into_inner();
         check_version(&version)?;
         let opened = envelope::open(&cipher).map_err(KmsError::InvalidRequest);
@@ -127,7 +129,7 @@ impl KeyManagementService for V1beta1Service {
         let result = match opened {
             Ok((key_id, ciphertext)) => {
                 self.gateway
-                    .decrypt("", key_id, ciphertext, &Annotations::new())
+                    .decrypt("", key_id, ciphertext, &Annotations::new(), deadline)
                     .instrument(span.clone())
                     .await
             }

@@ -52,6 +52,7 @@ impl KeyManagementService for V2Service {
     ) -> Result<Response<EncryptResponse>, Status> {
         let started = Instant::now();
         let _in_flight = self.metrics.in_flight();
+        let deadline = super::caller_deadline(request.metadata());
         let EncryptRequest { plaintext, uid } = request.into_inner();
         let plaintext = Plaintext::new(plaintext);
         let provider = self.gateway.primary().name().to_string();
@@ -59,7 +60,7 @@ impl KeyManagementService for V2Service {
             tracing::debug_span!("encrypt", api = "v2", %uid, %provider, bytes = plaintext.len());
         let result = self
             .gateway
-            .encrypt(&uid, &plaintext)
+            .encrypt(&uid, &plaintext, deadline)
             .instrument(span.clone())
             .await;
         let sealed = super::conclude(
@@ -86,6 +87,7 @@ impl KeyManagementService for V2Service {
     ) -> Result<Response<DecryptResponse>, Status> {
         let started = Instant::now();
         let _in_flight = self.metrics.in_flight();
+        let deadline = super::caller_deadline(request.metadata());
         let DecryptRequest {
             ciphertext,
             uid,
@@ -97,7 +99,7 @@ impl KeyManagementService for V2Service {
         let annotations = to_annotations(annotations);
         let result = self
             .gateway
-            .decrypt(&uid, &key_id, &ciphertext, &annotations)
+            .decrypt(&uid, &key_id, &ciphertext, &annotations, deadline)
             .instrument(span.clone())
             .await;
         let plaintext = super::conclude(

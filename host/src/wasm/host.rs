@@ -3,14 +3,16 @@
 //! [`crate::outbound`] and plain Rust.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{http, kmsgate, wasi};
+use super::meter::CallMeter;
+use super::quota::InstanceQuota;
 use crate::outbound::OutboundClient;
+use crate::sanitize;
 
 /// What every call of one provider shares: set when the provider loads.
 pub struct ProviderShared {
@@ -28,16 +30,16 @@ pub struct HostState {
     table: ResourceTable,
     shared: Arc<ProviderShared>,
     pub limiter: SandboxLimiter,
-    /// Time spent in host calls (outbound HTTP, clocks, sleeps), so the CPU
-    /// budget counts only the guest's own work. Kept by [`HostState::on_call_hook`].
-    pub host_time: Duration,
-    host_entered: Option<Instant>,
-    /// When the current call began; with `host_time`, gives its guest time.
-    pub call_started: Instant,
+    /// The current call's clock, read by the CPU budget's epoch callback.
+    pub meter: Arc<CallMeter>,
 }
 
 impl HostState {
-    pub fn new(shared: Arc<ProviderShared>, memory_cap: usize) -> Self {
+    pub fn new(
+        shared: Arc<ProviderShared>,
+        limiter: SandboxLimiter,
+        meter: Arc<CallMeter>,
+    ) -> Self {
         // Deny by default: no preopened directories, no environment, no
         // arguments, no stdio, and sockets off (the default socket check
         // refuses every address; TCP, UDP and name lookup are off too).
@@ -50,37 +52,15 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             shared,
-            limiter: SandboxLimiter::new(memory_cap),
-            host_time: Duration::ZERO,
-            host_entered: None,
-            call_started: Instant::now(),
+            limiter,
+            meter,
         }
     }
 
-    /// Starts the CPU-budget clock afresh for the next call.
-    pub fn begin_call(&mut self) {
-        self.host_time = Duration::ZERO;
-        self.host_entered = None;
+    /// Starts the next call on this instance, with its own clock.
+    pub fn begin_call(&mut self, meter: Arc<CallMeter>) {
+        self.meter = meter;
         self.limiter.hit_memory_cap = false;
-        self.call_started = Instant::now();
-    }
-
-    /// Guest time of the current call so far.
-    pub fn guest_time(&self) -> Duration {
-        self.call_started.elapsed().saturating_sub(self.host_time)
-    }
-
-    /// Installed with `Store::call_hook`: times every stay in the host.
-    pub fn on_call_hook(&mut self, hook: wasmtime::CallHook) {
-        match hook {
-            wasmtime::CallHook::CallingHost => self.host_entered = Some(Instant::now()),
-            wasmtime::CallHook::ReturningFromHost => {
-                if let Some(entered) = self.host_entered.take() {
-                    self.host_time += entered.elapsed();
-                }
-            }
-            wasmtime::CallHook::CallingWasm | wasmtime::CallHook::ReturningFromWasm => {}
-        }
     }
 }
 
@@ -109,9 +89,6 @@ impl wasi::config::store::Host for HostState {
     }
 }
 
-/// Longest log line a provider may emit; longer ones are cut.
-const MAX_LOG_LINE: usize = 1024;
-
 impl wasi::logging::logging::Host for HostState {
     fn log(
         &mut self,
@@ -121,8 +98,8 @@ impl wasi::logging::logging::Host for HostState {
     ) -> wasmtime::Result<()> {
         use wasi::logging::logging::Level;
         let provider = self.shared.name.as_str();
-        let message = sanitize(&message);
-        let context = sanitize(&context);
+        let message = sanitize::clean(&message, sanitize::MAX_LOG_LINE);
+        let context = sanitize::clean(&context, sanitize::MAX_DETAIL);
         match level {
             Level::Trace => tracing::trace!(provider, context, "{message}"),
             Level::Debug => tracing::debug!(provider, context, "{message}"),
@@ -134,40 +111,38 @@ impl wasi::logging::logging::Host for HostState {
     }
 }
 
-/// Cuts a guest's log text to size and drops control characters, so a
-/// provider cannot forge log lines or flood the log.
-fn sanitize(text: &str) -> String {
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_LOG_LINE)
-        .collect()
-}
-
 impl kmsgate::provider::types::Host for HostState {}
 
 impl http::Host for HostState {
     async fn send(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
+        // While the request is out, a timeout is the backend's fault, not
+        // the guest's.
+        let meter = self.meter.clone();
+        let _outbound = meter.outbound();
         let result = self.shared.outbound.send(request.into()).await;
         result.map(Into::into).map_err(Into::into)
     }
 }
 
-/// Caps the total linear memory of one provider instance. wasmtime's
-/// `StoreLimits` caps each memory on its own; a component can have several,
-/// so this sums them.
+/// Caps the total linear memory of one provider instance, and charges it
+/// to the provider's quota and the daemon's budget ([`super::quota`]).
+/// wasmtime's `StoreLimits` caps each memory on its own; a component can
+/// have several, so this sums them.
 pub struct SandboxLimiter {
     memory_cap: usize,
     memory_used: usize,
+    quota: Arc<InstanceQuota>,
     /// Set when a growth was refused, to report RESOURCE_EXHAUSTED rather
     /// than a bare trap.
     pub hit_memory_cap: bool,
 }
 
 impl SandboxLimiter {
-    fn new(memory_cap: usize) -> Self {
+    pub fn new(memory_cap: usize, quota: Arc<InstanceQuota>) -> Self {
         SandboxLimiter {
             memory_cap,
             memory_used: 0,
+            quota,
             hit_memory_cap: false,
         }
     }
@@ -175,6 +150,12 @@ impl SandboxLimiter {
     /// All linear memory of the instance, in bytes.
     pub fn memory_used(&self) -> usize {
         self.memory_used
+    }
+}
+
+impl Drop for SandboxLimiter {
+    fn drop(&mut self) {
+        self.quota.release(self.memory_used);
     }
 }
 
@@ -191,8 +172,9 @@ impl ResourceLimiter for SandboxLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self.memory_used + desired.saturating_sub(current);
-        if total > self.memory_cap {
+        let growth = desired.saturating_sub(current);
+        let total = self.memory_used + growth;
+        if total > self.memory_cap || !self.quota.charge(growth) {
             self.hit_memory_cap = true;
             return Ok(false);
         }
@@ -226,9 +208,20 @@ impl ResourceLimiter for SandboxLimiter {
 mod tests {
     use super::*;
 
+    use crate::wasm::quota::MemoryBudget;
+
+    fn quota(budget: usize) -> Arc<InstanceQuota> {
+        Arc::new(InstanceQuota::new(
+            1,
+            0,
+            Arc::new(MemoryBudget::new(budget)),
+        ))
+    }
+
     #[test]
     fn memory_cap_is_for_all_memories_together() {
-        let mut limiter = SandboxLimiter::new(100);
+        let quota = quota(1000);
+        let mut limiter = SandboxLimiter::new(100, quota.clone());
         assert!(limiter.memory_growing(0, 60, None).unwrap());
         assert!(
             !limiter.memory_growing(0, 60, None).unwrap(),
@@ -236,11 +229,15 @@ mod tests {
         );
         assert!(limiter.hit_memory_cap);
         assert!(limiter.memory_growing(60, 100, None).unwrap());
+        assert_eq!(quota.memory_used(), 100);
+        drop(limiter);
+        assert_eq!(quota.memory_used(), 0, "given back when the instance goes");
     }
 
     #[test]
-    fn log_text_is_cut_and_cleaned() {
-        assert_eq!(sanitize("a\nb\u{1b}[31mc"), "ab[31mc");
-        assert_eq!(sanitize(&"x".repeat(5000)).len(), MAX_LOG_LINE);
+    fn the_daemon_budget_caps_growth_too() {
+        let mut limiter = SandboxLimiter::new(100, quota(50));
+        assert!(!limiter.memory_growing(0, 60, None).unwrap());
+        assert!(limiter.hit_memory_cap);
     }
 }

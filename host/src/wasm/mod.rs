@@ -16,19 +16,25 @@
 //!   purpose (a cache, a counter) outlives a call. It is the same provider,
 //!   handling the same caller's keys, so no one else's data is at stake;
 //!   `kmsgate bench` and `scripts/bench` measure what it buys.
-//! - Every call is bounded three ways: a memory cap for the whole instance
-//!   ([`host::SandboxLimiter`]), a CPU budget for guest code (epoch
-//!   interruption; time in host calls does not count), and a wall-clock
-//!   timeout around everything (epochs do not interrupt host calls).
+//! - Every call is bounded four ways: a memory cap for the whole instance
+//!   ([`host::SandboxLimiter`]); a CPU budget for the time the call spends
+//!   running rather than waiting ([`meter`]; epoch interruption stops a
+//!   guest over it); a wall-clock limit around everything, the caller's
+//!   deadline when sooner (epochs do not interrupt host calls); and the
+//!   provider's instance quota ([`quota`]), so it never holds more than
+//!   its share of instances and memory.
 //! - Traps and limit hits become [`ProviderError`]s here and nowhere else.
 
 mod bindings;
 mod cache;
 mod host;
+pub mod meter;
+pub mod quota;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -40,10 +46,14 @@ use wasmtime::{
 
 use self::bindings::{BatchingProvider, annotations_to_wit, kms, kms_batch};
 use self::cache::CompileCache;
-use self::host::{HostState, ProviderShared};
+use self::host::{HostState, ProviderShared, SandboxLimiter};
+use self::meter::{CallMeter, metered};
+use self::quota::{InstanceQuota, Lane, MemoryBudget, Permit};
 use crate::config::ProviderConfig;
 use crate::error::ProviderError;
-use crate::kms::{BatchResult, Batching, DecryptItem, Encrypted, KmsProvider, ProviderStatus};
+use crate::kms::{
+    BatchResult, Batching, Call, DecryptItem, Encrypted, KmsProvider, ProviderStatus, Usage,
+};
 use crate::limits::Annotations;
 use crate::outbound::{OutboundClient, OutboundSettings};
 use crate::secret::{Plaintext, Secret};
@@ -51,33 +61,39 @@ use crate::slot::Origin;
 
 /// How often the epoch advances; the granularity of CPU budgets.
 const TICK: Duration = Duration::from_millis(10);
-/// Instances that may be alive at once across all providers (the pool size).
-const MAX_LIVE_INSTANCES: u32 = 256;
+/// Instances that may be alive at once across all providers (the pool
+/// size). Config validation keeps every provider's quota within it.
+const MAX_LIVE_INSTANCES: u32 = crate::config::MAX_INSTANCES as u32;
 /// How much of each pooled slot stays resident between calls.
 const KEEP_RESIDENT_BYTES: usize = 64 << 10;
 /// The largest memory a single instance may have; per-provider caps are
 /// enforced below this by the limiter.
 const MAX_MEMORY_BYTES: usize = 4096 << 20;
-/// Idle instances one provider keeps for reuse, at most. They count
-/// against [`MAX_LIVE_INSTANCES`].
-const MAX_IDLE_INSTANCES: usize = 16;
 /// How much an instance's memory may have grown since instantiation and
 /// still be reused: room for an allocator's first growth, not for a guest
 /// that ballooned (its pages would stay resident while it sits idle).
 const REUSE_MEMORY_GROWTH: usize = 1 << 20;
 
-/// The engine and linker every provider shares.
+/// The engine and linker every provider shares, and every provider's
+/// instance quota.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     cache: Arc<CompileCache>,
+    budget: Arc<MemoryBudget>,
+    /// By provider name: every version of a provider shares one quota.
+    quotas: Arc<Mutex<HashMap<String, Arc<InstanceQuota>>>>,
 }
 
 impl Runtime {
     /// `compile_cache_dir`: where compiled components persist, if anywhere
-    /// (see [`cache`]).
-    pub fn new(compile_cache_dir: Option<&std::path::Path>) -> wasmtime::Result<Runtime> {
+    /// (see [`cache`]). `memory_budget`: bytes of guest memory all
+    /// instances together may use.
+    pub fn new(
+        compile_cache_dir: Option<&std::path::Path>,
+        memory_budget: usize,
+    ) -> wasmtime::Result<Runtime> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -119,7 +135,30 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache: Arc::new(CompileCache::with_disk(compile_cache_dir)),
+            budget: Arc::new(MemoryBudget::new(memory_budget)),
+            quotas: Arc::default(),
         })
+    }
+
+    /// The quota of provider `name`. A reload that keeps its sizes keeps
+    /// the quota, so the old and new versions share it; new sizes start a
+    /// new one (the old version's calls finish under the old one).
+    fn quota(&self, name: &str, limits: &crate::config::LimitsConfig) -> Arc<InstanceQuota> {
+        let concurrent = limits.max_concurrent_calls as usize;
+        let queued = limits.max_queued_calls as usize;
+        let mut quotas = self.quotas.lock().expect("quotas lock poisoned");
+        let quota = quotas.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(InstanceQuota::new(concurrent, queued, self.budget.clone()))
+        });
+        if !quota.has_sizes(concurrent, queued) {
+            *quota = Arc::new(InstanceQuota::new(concurrent, queued, self.budget.clone()));
+        }
+        quota.clone()
+    }
+
+    /// Guest memory of every live instance, in bytes.
+    pub fn memory_used(&self) -> usize {
+        self.budget.used()
     }
 }
 
@@ -195,11 +234,13 @@ pub struct WasmProvider {
     kms_batch: Option<kms_batch::GuestIndices>,
     batching: Option<Batching>,
     shared: Arc<ProviderShared>,
+    quota: Arc<InstanceQuota>,
     memory_cap: usize,
     cpu_budget: Duration,
     call_timeout: Duration,
     calls_per_instance: u64,
-    /// Instances between calls, most recently used last.
+    /// Instances between calls, most recently used last. Each holds its
+    /// quota permit, so there are never more than the quota allows.
     idle: Mutex<Vec<Instance>>,
     origin: Origin,
 }
@@ -213,6 +254,8 @@ struct Instance {
     memory_at_start: usize,
     /// Calls begun in this instance.
     calls: u64,
+    /// Its place in the provider's quota; given back when it drops.
+    permit: Permit,
 }
 
 impl WasmProvider {
@@ -261,6 +304,7 @@ impl WasmProvider {
         let batching = (kms_batch.is_some() && batch.max_items > 1).then_some(Batching {
             max_items: batch.max_items as usize,
             max_in_flight: batch.max_in_flight as usize,
+            max_queued: batch.max_queued as usize,
         });
         let outbound = OutboundSettings::from_config(&config.outbound, secrets)
             .and_then(OutboundClient::new)
@@ -277,6 +321,7 @@ impl WasmProvider {
                 settings,
                 outbound,
             }),
+            quota: runtime.quota(&config.name, limits),
             memory_cap: (limits.memory_mib << 20) as usize,
             cpu_budget: Duration::from_millis(limits.cpu_ms),
             call_timeout: Duration::from_millis(limits.call_timeout_ms),
@@ -304,8 +349,10 @@ impl WasmProvider {
     }
 
     async fn init(&self) -> Result<(), ProviderError> {
-        self.bounded(async {
-            let Instance { mut store, kms, .. } = self.instantiate().await?;
+        let (until, meter) = self.begin(Call::CONTROL);
+        self.bounded(until, &meter, async {
+            let permit = self.quota.acquire(Lane::Control, until).await?;
+            let Instance { mut store, kms, .. } = self.instantiate(permit, &meter).await?;
             let result = kms.call_init(&mut store).await;
             // `init` is a check, not a warm-up: its instance is not kept.
             match result {
@@ -316,21 +363,47 @@ impl WasmProvider {
         .await
     }
 
+    /// A call's deadline (its own, or `limits.call_timeout_ms` from now if
+    /// sooner) and its clock.
+    fn begin(&self, call: Call) -> (Instant, Arc<CallMeter>) {
+        let limit = Instant::now() + self.call_timeout;
+        let until = call.deadline.map_or(limit, |deadline| deadline.min(limit));
+        (until, Arc::new(CallMeter::default()))
+    }
+
     /// An instance for one call: an idle one if there is one, else a new
-    /// one. Either way its CPU budget starts now.
-    async fn check_out(&self) -> Result<Instance, ProviderError> {
+    /// one, once the quota allows (waiting no later than `until`). Either
+    /// way its CPU budget starts now.
+    async fn check_out(
+        &self,
+        call: Call,
+        meter: &Arc<CallMeter>,
+        until: Instant,
+    ) -> Result<Instance, ProviderError> {
         let idle = self.idle.lock().expect("idle instances lock").pop();
         let mut instance = match idle {
             Some(instance) => instance,
-            None => self.instantiate().await?,
+            None => {
+                let lane = if call.control {
+                    Lane::Control
+                } else {
+                    Lane::Call
+                };
+                let permit = self.quota.acquire(lane, until).await?;
+                self.instantiate(permit, meter).await?
+            }
         };
-        instance.store.data_mut().begin_call();
+        meter.started();
+        instance.store.data_mut().begin_call(meter.clone());
         instance.store.set_epoch_deadline(1);
         instance.calls += 1;
         Ok(instance)
     }
 
     /// Keeps an instance whose call returned, if it may serve another.
+    /// Instances of the host's own lane are never kept (their permits are
+    /// few), nor are any while calls queue for a permit: dropping the
+    /// instance hands its permit to the next in line.
     fn check_in(&self, instance: Instance) {
         let grown = instance
             .store
@@ -338,29 +411,34 @@ impl WasmProvider {
             .limiter
             .memory_used()
             .saturating_sub(instance.memory_at_start);
-        if instance.calls >= self.calls_per_instance || grown > REUSE_MEMORY_GROWTH {
+        if instance.permit.lane == Lane::Control
+            || instance.calls >= self.calls_per_instance
+            || grown > REUSE_MEMORY_GROWTH
+            || self.quota.queued() > 0
+        {
             return;
         }
-        let mut idle = self.idle.lock().expect("idle instances lock");
-        if idle.len() < MAX_IDLE_INSTANCES {
-            idle.push(instance);
-        }
+        self.idle
+            .lock()
+            .expect("idle instances lock")
+            .push(instance);
     }
 
     /// A fresh store, limited and with its CPU budget armed, and an instance
     /// in it.
-    async fn instantiate(&self) -> Result<Instance, ProviderError> {
-        let state = HostState::new(self.shared.clone(), self.memory_cap);
+    async fn instantiate(
+        &self,
+        permit: Permit,
+        meter: &Arc<CallMeter>,
+    ) -> Result<Instance, ProviderError> {
+        let limiter = SandboxLimiter::new(self.memory_cap, self.quota.clone());
+        let state = HostState::new(self.shared.clone(), limiter, meter.clone());
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
-        store.call_hook(|mut context, hook| {
-            context.data_mut().on_call_hook(hook);
-            Ok(())
-        });
         let budget = self.cpu_budget;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |context| {
-            if context.data().guest_time() > budget {
+            if context.data().meter.running() > budget {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 // Let other tasks run on this thread, then keep going.
@@ -386,6 +464,7 @@ impl WasmProvider {
             kms,
             kms_batch,
             calls: 0,
+            permit,
         })
     }
 
@@ -416,34 +495,55 @@ impl WasmProvider {
         if store.data().limiter.hit_memory_cap {
             return ProviderError::MemoryExhausted((self.memory_cap >> 20) as u64);
         }
+        if error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            return ProviderError::Busy(format!("the daemon's instance pool is full: {error}"));
+        }
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
-                ProviderError::DeadlineExceeded(self.cpu_budget.as_millis() as u64)
+                ProviderError::CpuBudgetExceeded(self.cpu_budget.as_millis() as u64)
             }
             Some(trap) => ProviderError::Trapped(trap.to_string()),
             None => ProviderError::Trapped(error.to_string()),
         }
     }
 
-    /// The wall-clock bound. Dropping a wasmtime future mid-call is safe;
-    /// the store goes with it.
+    /// Runs `work` on the call's clock until `until`. Out of time, it says
+    /// what the call was doing: still waiting for an instance (busy),
+    /// waiting on its backend (unavailable), or anything else (timed out).
+    /// Dropping a wasmtime future mid-call is safe; the store goes with it.
     async fn bounded<T>(
         &self,
-        call: impl Future<Output = Result<T, ProviderError>>,
+        until: Instant,
+        meter: &CallMeter,
+        work: impl Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
-        tokio::time::timeout(self.call_timeout, call)
-            .await
-            .unwrap_or(Err(ProviderError::DeadlineExceeded(
-                self.call_timeout.as_millis() as u64,
-            )))
+        let started = Instant::now();
+        match tokio::time::timeout_at(until.into(), metered(meter, work)).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                let ms = started.elapsed().as_millis();
+                Err(if !meter.has_started() {
+                    ProviderError::Busy(format!("no instance came free within {ms} ms"))
+                } else if meter.awaiting_backend() {
+                    ProviderError::Unavailable(format!("the backend did not answer within {ms} ms"))
+                } else {
+                    ProviderError::TimedOut(ms as u64)
+                })
+            }
+        }
     }
 }
 
 #[async_trait]
 impl KmsProvider for WasmProvider {
     async fn status(&self) -> Result<ProviderStatus, ProviderError> {
-        self.bounded(async {
-            let mut instance = self.check_out().await?;
+        let call = Call::CONTROL;
+        let (until, meter) = self.begin(call);
+        self.bounded(until, &meter, async {
+            let mut instance = self.check_out(call, &meter, until).await?;
             let result = instance.kms.call_status(&mut instance.store).await;
             self.finish(instance, result)
         })
@@ -452,12 +552,14 @@ impl KmsProvider for WasmProvider {
 
     async fn encrypt(
         &self,
+        call: Call,
         uid: &str,
         key_id: &str,
         plaintext: &Plaintext,
     ) -> Result<Encrypted, ProviderError> {
-        self.bounded(async {
-            let mut instance = self.check_out().await?;
+        let (until, meter) = self.begin(call);
+        self.bounded(until, &meter, async {
+            let mut instance = self.check_out(call, &meter, until).await?;
             let result = instance
                 .kms
                 .call_encrypt(&mut instance.store, uid, key_id, plaintext.as_bytes())
@@ -469,13 +571,15 @@ impl KmsProvider for WasmProvider {
 
     async fn decrypt(
         &self,
+        call: Call,
         uid: &str,
         key_id: &str,
         ciphertext: &[u8],
         annotations: &Annotations,
     ) -> Result<Plaintext, ProviderError> {
-        self.bounded(async {
-            let mut instance = self.check_out().await?;
+        let (until, meter) = self.begin(call);
+        self.bounded(until, &meter, async {
+            let mut instance = self.check_out(call, &meter, until).await?;
             let annotations = annotations_to_wit(annotations);
             let result = instance
                 .kms
@@ -491,9 +595,18 @@ impl KmsProvider for WasmProvider {
         self.batching
     }
 
-    async fn decrypt_batch(&self, items: Vec<DecryptItem>) -> BatchResult {
-        self.bounded(async {
-            let mut instance = self.check_out().await?;
+    fn usage(&self) -> Usage {
+        Usage {
+            instances: self.quota.in_use() as u64,
+            queued: self.quota.queued() as u64,
+            memory_bytes: self.quota.memory_used() as u64,
+        }
+    }
+
+    async fn decrypt_batch(&self, call: Call, items: Vec<DecryptItem>) -> BatchResult {
+        let (until, meter) = self.begin(call);
+        self.bounded(until, &meter, async {
+            let mut instance = self.check_out(call, &meter, until).await?;
             let Some(kms_batch) = instance.kms_batch.take() else {
                 return Err(ProviderError::Contract(
                     "decrypt-batch called on a provider without kms-batch".into(),

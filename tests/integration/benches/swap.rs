@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use kmsgate::config::Config;
-use kmsgate::kms::KmsProvider;
+use kmsgate::kms::{Call, KmsProvider};
 use kmsgate::secret::Plaintext;
 use kmsgate::wasm::{Runtime, WasmProvider};
 use kmsgate_integration::requests::status;
@@ -103,7 +103,7 @@ async fn swap_latencies(watch: bool, reuse_versions: bool) -> Vec<Duration> {
 /// Per-call cost of one local-aes encrypt with a fresh instance for every
 /// call (`calls_per_instance = 1`), and with the default reuse.
 async fn per_call_costs() -> (Duration, Duration) {
-    let runtime = Runtime::new(None).unwrap();
+    let runtime = Runtime::new(None, 4096 << 20).unwrap();
     let load = |calls_per_instance: u64| {
         let text = format!(
             "socket = \"/unused\"\n[[providers]]\nname = \"local\"\ncomponent = {:?}\n[providers.settings]\nkey-id = \"k1\"\nkey = {:?}\n[providers.limits]\ncalls_per_instance = {calls_per_instance}\n",
@@ -131,7 +131,10 @@ async fn per_call_costs() -> (Duration, Duration) {
         ] {
             let started = Instant::now();
             for _ in 0..CALLS {
-                provider.encrypt("bench", "k1", &plaintext).await.unwrap();
+                provider
+                    .encrypt(Call::CONTROL, "bench", "k1", &plaintext)
+                    .await
+                    .unwrap();
             }
             times.push(started.elapsed() / CALLS as u32);
         }

@@ -62,6 +62,16 @@ impl ProviderSpec {
             .allow(&bao.address)
     }
 
+    /// `vault-transit` reaching `bao` at `address` (a proxy in front of
+    /// it), token attached by the host.
+    pub fn vault_via(name: &str, bao: &crate::OpenBao, address: &str, key: &str) -> Self {
+        ProviderSpec::new(name, "vault_transit")
+            .setting("address", address)
+            .setting("key", key)
+            .secret("token", &bao.token)
+            .allow(address)
+    }
+
     /// Runs the component at `path` instead of a built one (tests that
     /// replace the file to hot-swap it).
     pub fn component_path(mut self, path: &Path) -> Self {

@@ -6,17 +6,23 @@
 //! - [`gateway`] — `TestGateway::new().with_provider(spec).start()`.
 //! - [`openbao`] — starts `bao server` (dev or persistent) on a free port.
 //! - [`requests`] — request builders the tests share.
+//! - [`proxy`] — a delaying, freezing, counting TCP proxy in front of a server.
+//! - [`echo`] — an HTTP server that echoes request headers.
 //! - [`component`] — where the built `.wasm` components are.
 
+pub mod echo;
 pub mod gateway;
 pub mod openbao;
+pub mod proxy;
 pub mod requests;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use echo::HeaderEcho;
 pub use gateway::{ProviderSpec, RunningGateway, TestGateway};
 pub use openbao::OpenBao;
+pub use proxy::DelayProxy;
 
 /// The hint every "something is not built or installed" failure carries.
 pub const SETUP_HINT: &str =

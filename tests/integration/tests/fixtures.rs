@@ -246,11 +246,19 @@ async fn a_component_of_another_world_is_refused_at_load() {
 
 #[test]
 fn every_fixture_is_used() {
+    fn read_sources(dir: &std::path::Path, into: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                read_sources(&path, into);
+            } else {
+                into.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
     let root = workspace_root();
-    let sources: String = std::fs::read_dir(root.join("tests/integration/tests"))
-        .unwrap()
-        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
-        .collect();
+    let mut sources = String::new();
+    read_sources(&root.join("tests/integration/tests"), &mut sources);
     for entry in std::fs::read_dir(root.join("tests/fixtures")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         let component = format!("\"fixture_{}\"", name.replace('-', "_"));

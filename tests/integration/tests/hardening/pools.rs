@@ -1,0 +1,71 @@
+//! Each provider has its own bounded set of instances: a slow or hostile
+//! provider fills only its own, callers beyond it are told
+//! RESOURCE_EXHAUSTED at once (never a trap, never INTERNAL), and the
+//! primary keeps serving.
+
+use std::time::Duration;
+
+use kmsgate::proto::v2;
+use kmsgate_integration::{ProviderSpec, TestGateway};
+use tonic::Code;
+
+use crate::{decrypt, encrypt};
+
+#[tokio::test]
+async fn a_slow_provider_cannot_starve_the_primary() {
+    let slow = ProviderSpec::new("slow", "fixture_slow")
+        .setting("decrypt-sleep-ms", "2000")
+        .limit("max_concurrent_calls", 4)
+        .limit("max_queued_calls", 4);
+    let gateway = TestGateway::new()
+        .with_provider(ProviderSpec::local_aes("good", "k1", 1))
+        .with_provider(slow)
+        .primary("good")
+        .start()
+        .await;
+    let mut client = gateway.v2().await;
+
+    // More decrypts for the slow provider than the whole daemon has
+    // instances (256), all at once.
+    let flood: Vec<_> = (0..300)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.decrypt(decrypt("slow/w1", b"x")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meanwhile the primary encrypts and decrypts, and Status says ok.
+    for _ in 0..20 {
+        let sealed = client.encrypt(encrypt(b"dek")).await.unwrap().into_inner();
+        client
+            .decrypt(decrypt(&sealed.key_id, &sealed.ciphertext))
+            .await
+            .unwrap();
+    }
+    let status = client
+        .status(v2::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.healthz, "ok");
+
+    let mut served = 0;
+    let mut exhausted = 0;
+    for call in flood {
+        match call.await.unwrap() {
+            Ok(_) => served += 1,
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    Code::ResourceExhausted,
+                    "{}",
+                    status.message()
+                );
+                exhausted += 1;
+            }
+        }
+    }
+    // 4 running and 4 queued are served; nobody else ran.
+    assert_eq!((served, exhausted), (8, 292));
+}
