@@ -159,6 +159,11 @@ impl Coalescer {
                         batch.push(waiting);
                     } else {
                         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                        // Its caller's own timer may not have fired yet.
+                        let _ = waiting.answer.send(Err(ProviderError::Unavailable(
+                            "the caller's deadline passed before a batch could carry this decrypt"
+                                .into(),
+                        )));
                     }
                 }
                 batch

@@ -248,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
                 None => Arc::new(kmsgate::floor::NativeAes::random()),
             };
             let socket = socket::bind(&socket, 0o600).await?;
-            server::run_floor(socket, provider, shutdown_signal()).await?;
+            server::run_floor(socket, provider, shutdown_signal()?).await?;
             Ok(())
         }
     }
@@ -270,28 +270,39 @@ fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 }
 
 async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
+    // Before anything that can take time: a SIGTERM from here on is a clean
+    // shutdown, and a SIGHUP no longer terminates (tokio keeps a handler
+    // once installed; `server::run` listens for SIGHUP itself).
+    let shutdown = shutdown_signal()?;
+    drop(tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::hangup(),
+    )?);
     let config = Config::load(&config_path)?;
     let mode = config.socket_mode().expect("validated");
     let socket = socket::bind(&config.socket, mode).await?;
-    server::run(config, socket, shutdown_signal()).await?;
+    server::run(config, socket, shutdown).await?;
     Ok(())
 }
 
-/// Completes on SIGTERM (kubelet, systemd) or SIGINT (a terminal).
-async fn shutdown_signal() {
+/// Completes on SIGTERM (kubelet, systemd) or SIGINT (a terminal). The
+/// handlers are installed now, not when the future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
 
 async fn check(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     // No disk cache: a check writes nothing.
-    let runtime = wasm::Runtime::new(None, 4096 << 20).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = wasm::Runtime::new(None, (config.memory_budget_mib << 20) as usize)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut failed = false;
     for provider in &config.providers {
         match wasm::check(&runtime, provider).await {

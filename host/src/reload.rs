@@ -282,19 +282,48 @@ impl Reloader {
             .await
             .map_err(|e| e.reason)?;
         // A fresh sample from the version serving now, so the canary checks
-        // it even when no traffic has flowed yet.
-        let mut probe = [0u8; 32];
-        getrandom::fill(&mut probe).map_err(|e| format!("no randomness for the canary: {e}"))?;
-        if let Err(error) = slot
-            .encrypt(CANARY_UID, &Plaintext::new(probe.to_vec()), None)
-            .await
-        {
-            tracing::warn!(provider = %slot.name(), "the serving version could not encrypt a canary probe: {error}");
+        // it even when no traffic has flowed yet. (One that never loaded
+        // has nothing to hand over.)
+        if slot.serving().is_loaded() {
+            let mut probe = [0u8; 32];
+            getrandom::fill(&mut probe)
+                .map_err(|e| format!("no randomness for the canary: {e}"))?;
+            if let Err(error) = slot
+                .encrypt(CANARY_UID, &Plaintext::new(probe.to_vec()), None)
+                .await
+            {
+                tracing::warn!(provider = %slot.name(), "the serving version could not encrypt a canary probe: {error}");
+            }
         }
         let health = canary(slot.name(), &candidate, &slot.samples()).await?;
         slot.swap(serving(candidate, origin), health);
         tracing::info!(provider = %slot.name(), sha256 = %slot.serving().origin.sha256, generation = slot.serving().generation, "provider swapped");
         Ok(true)
+    }
+
+    /// Tries again to load every provider that could not load at start
+    /// (see [`crate::slot::Serving::not_loaded`]). Returns how many are
+    /// still not loaded.
+    pub async fn retry_not_loaded(&self) -> usize {
+        let current = self.current.lock().await;
+        let mut pending = 0;
+        for slot in self.gateway.slots() {
+            if slot.serving().is_loaded() {
+                continue;
+            }
+            let Some(config) = current.providers.iter().find(|p| p.name == slot.name()) else {
+                continue;
+            };
+            match self.swap(&slot, config).await {
+                Ok(_) => tracing::info!(provider = %slot.name(), "provider loaded on retry"),
+                Err(why) => {
+                    tracing::warn!(provider = %slot.name(), "provider still not loaded: {why}");
+                    slot.set_reload_error(Some(why));
+                    pending += 1;
+                }
+            }
+        }
+        pending
     }
 
     async fn add(&self, config: &crate::config::ProviderConfig) -> Result<bool, String> {

@@ -38,19 +38,34 @@ pub enum ServeError {
 /// until `shutdown` completes. Reloads on SIGHUP, `kmsgate reload`, and
 /// (with `watch`) file changes. On shutdown, gRPC health turns NOT_SERVING,
 /// then in-flight calls get `shutdown_grace_ms` to finish; the socket file is
-/// removed on return.
+/// removed on return. A shutdown while providers load returns at once; a
+/// SIGHUP then is kept and reloads once serving.
 pub async fn run(
     config: Config,
     mut socket: BoundSocket,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // First, before anything slow: from here SIGHUP no longer has its
+    // default action (terminate).
+    let hangups = listen_for_sighup();
+    let mut shutdown = Box::pin(shutdown);
     let runtime = Runtime::new(
         config.compile_cache_dir.as_deref(),
         (config.memory_budget_mib << 20) as usize,
     )
     .map_err(|e| ServeError::Runtime(e.to_string()))?;
-    let gateway = Arc::new(load_gateway(&runtime, &config).await?);
-    gateway.start().await;
+    let starting = async {
+        let gateway = load_gateway(&runtime, &config).await?;
+        gateway.start().await;
+        Ok::<_, ServeError>(gateway)
+    };
+    let gateway = tokio::select! {
+        gateway = starting => Arc::new(gateway?),
+        () = &mut shutdown => {
+            tracing::info!("shut down while starting");
+            return Ok(());
+        }
+    };
     let status = gateway.status();
     tracing::info!(socket = ?socket.path(), key_id = %status.key_id, healthz = %status.healthz, "serving");
 
@@ -97,7 +112,8 @@ pub async fn run(
     } else {
         None
     };
-    let _sighup = spawn_sighup_reloads(reloader.clone());
+    let _sighup = hangups.map(|hangups| spawn_sighup_reloads(reloader.clone(), hangups));
+    let _load_retries = spawn_load_retries(reloader.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in HEALTH_SERVICES {
@@ -155,15 +171,33 @@ const HEALTH_SERVICES: [&str; 3] = [
 ];
 
 /// Loads the providers one after another: there are few, and each compile
-/// already uses every core.
+/// already uses every core. A provider that fails for a reason outside its
+/// component (a revoked token, a backend that timed out at `init`, a
+/// secret file not written yet) does not stop the daemon: it serves as
+/// not loaded (unhealthy, calls UNAVAILABLE) and is retried in the
+/// background ([`spawn_load_retries`]). A component that cannot work
+/// (does not compile, link or match its pin) stops the start.
 pub async fn load_gateway(runtime: &Runtime, config: &Config) -> Result<Gateway, ServeError> {
     let mut slots = Vec::new();
     for provider_config in &config.providers {
-        let provider = WasmProvider::load(runtime, provider_config).await?;
-        check_batches(provider_config, &provider).await?;
-        let origin = provider.origin().clone();
-        tracing::info!(provider = %provider.name(), sha256 = %origin.sha256, component = ?origin.component, "provider loaded");
-        let serving = Serving::new(Arc::new(provider), origin, 1);
+        let loaded = match WasmProvider::load(runtime, provider_config).await {
+            Ok(provider) => check_batches(provider_config, &provider)
+                .await
+                .map(|()| provider),
+            Err(error) => Err(error),
+        };
+        let serving = match loaded {
+            Ok(provider) => {
+                let origin = provider.origin().clone();
+                tracing::info!(provider = %provider.name(), sha256 = %origin.sha256, component = ?origin.component, "provider loaded");
+                Serving::new(Arc::new(provider), origin, 1)
+            }
+            Err(error) if error.retryable => {
+                tracing::error!(provider = %provider_config.name, "provider not loaded; serving without it and retrying: {error}");
+                Serving::not_loaded(provider_config.component.clone(), error.reason)
+            }
+            Err(error) => return Err(error.into()),
+        };
         slots.push(Slot::new(provider_config.name.clone(), serving));
     }
     let primary = config
@@ -196,6 +230,7 @@ async fn check_batches(
                 provider: config.name.clone(),
                 path: config.component.clone(),
                 reason,
+                retryable: false,
             }),
         _ => {
             tracing::warn!(provider = %config.name, "backend not ready at start: decrypt-batch was not checked");
@@ -204,22 +239,50 @@ async fn check_batches(
     }
 }
 
-/// SIGHUP reloads, as for most Unix daemons. The task ends with the
-/// returned guard.
-fn spawn_sighup_reloads(reloader: Arc<Reloader>) -> Option<AbortOnDrop> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(error) => {
-            tracing::warn!("cannot listen for SIGHUP: {error}");
-            return None;
+/// How long the retries of providers that could not load wait, at most.
+const MAX_LOAD_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+/// Retries providers that could not load at start, waiting 1 s, then
+/// twice as long each time (up to [`MAX_LOAD_RETRY_WAIT`]), until all are
+/// loaded. A reload (file change, SIGHUP) also retries them.
+fn spawn_load_retries(reloader: Arc<Reloader>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut wait = Duration::from_secs(1);
+        let not_loaded = |reloader: &Reloader| {
+            reloader
+                .gateway()
+                .slots()
+                .iter()
+                .any(|slot| !slot.serving().is_loaded())
+        };
+        while not_loaded(&reloader) {
+            tokio::time::sleep(wait).await;
+            if reloader.retry_not_loaded().await == 0 {
+                break;
+            }
+            wait = (wait * 2).min(MAX_LOAD_RETRY_WAIT);
         }
-    };
-    Some(AbortOnDrop(tokio::spawn(async move {
+    }))
+}
+
+fn listen_for_sighup() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+        .inspect_err(|error| tracing::warn!("cannot listen for SIGHUP: {error}"))
+        .ok()
+}
+
+/// SIGHUP reloads, as for most Unix daemons (one that came during start-up
+/// is pending in `hangups`). The task ends with the returned guard.
+fn spawn_sighup_reloads(
+    reloader: Arc<Reloader>,
+    mut hangups: tokio::signal::unix::Signal,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             reloader.reload("SIGHUP").await;
         }
-    })))
+    }))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

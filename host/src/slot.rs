@@ -50,6 +50,63 @@ impl Serving {
             coalescer: None,
         }
     }
+
+    /// A stand-in for a provider that could not load yet (its token was
+    /// revoked, its backend timed out at `init`): every call fails with
+    /// UNAVAILABLE saying why, until a retry or a reload swaps the real one
+    /// in. Generation 0.
+    pub fn not_loaded(component: PathBuf, reason: String) -> Serving {
+        let origin = Origin {
+            component,
+            sha256: String::new(),
+            fingerprint: String::new(),
+        };
+        Serving::new(Arc::new(NotLoaded { reason }), origin, 0)
+    }
+
+    /// Whether a real provider serves (not a [`Serving::not_loaded`] one).
+    pub fn is_loaded(&self) -> bool {
+        !self.origin.fingerprint.is_empty()
+    }
+}
+
+/// See [`Serving::not_loaded`].
+struct NotLoaded {
+    reason: String,
+}
+
+impl NotLoaded {
+    fn error(&self) -> ProviderError {
+        ProviderError::Unavailable(format!("not loaded yet, retrying: {}", self.reason))
+    }
+}
+
+#[async_trait::async_trait]
+impl KmsProvider for NotLoaded {
+    async fn status(&self) -> Result<crate::kms::ProviderStatus, ProviderError> {
+        Err(self.error())
+    }
+
+    async fn encrypt(
+        &self,
+        _: Call,
+        _: &str,
+        _: &str,
+        _: &Plaintext,
+    ) -> Result<crate::kms::Encrypted, ProviderError> {
+        Err(self.error())
+    }
+
+    async fn decrypt(
+        &self,
+        _: Call,
+        _: &str,
+        _: &str,
+        _: &[u8],
+        _: &Annotations,
+    ) -> Result<Plaintext, ProviderError> {
+        Err(self.error())
+    }
 }
 
 /// The last known state of one provider's backend.
@@ -140,6 +197,10 @@ impl Slot {
         *serving = next;
         drop(serving);
         *self.health.write().expect("health lock poisoned") = health;
+        // The canary just reached the backend.
+        if self.breaker.backend_up() {
+            self.log_breaker(None);
+        }
         self.set_reload_error(None);
     }
 

@@ -118,8 +118,9 @@ impl http::Host for HostState {
         // While the request is out, a timeout is the backend's fault, not
         // the guest's.
         let meter = self.meter.clone();
-        let _outbound = meter.outbound();
-        let result = self.shared.outbound.send(request.into()).await;
+        let result = meter
+            .outbound(self.shared.outbound.send(request.into()))
+            .await;
         result.map(Into::into).map_err(Into::into)
     }
 }

@@ -76,10 +76,14 @@ impl CallMeter {
         self.outbound.load(Ordering::Relaxed) > 0
     }
 
-    /// Marks an outbound request in flight until the guard drops.
-    pub fn outbound(&self) -> OutboundGuard<'_> {
+    /// Runs an outbound request, marked as in flight. Deliberately not a
+    /// drop guard: a call cut off by its deadline drops the request
+    /// mid-flight, and must still read as waiting on its backend.
+    pub async fn outbound<F: Future>(&self, request: F) -> F::Output {
         self.outbound.fetch_add(1, Ordering::Relaxed);
-        OutboundGuard(self)
+        let response = request.await;
+        self.outbound.fetch_sub(1, Ordering::Relaxed);
+        response
     }
 
     fn enter(&self) {
@@ -92,14 +96,6 @@ impl CallMeter {
             let spent = self.now().saturating_sub(since);
             self.spent.fetch_add(spent, Ordering::Relaxed);
         }
-    }
-}
-
-pub struct OutboundGuard<'a>(&'a CallMeter);
-
-impl Drop for OutboundGuard<'_> {
-    fn drop(&mut self) {
-        self.0.outbound.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -136,6 +132,20 @@ mod tests {
         })
         .await;
         assert!(meter.running() >= Duration::from_millis(100), "{meter:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_cut_off_still_reads_as_waiting_on_the_backend() {
+        let meter = CallMeter::default();
+        let cut = tokio::time::timeout(
+            Duration::from_millis(10),
+            meter.outbound(std::future::pending::<()>()),
+        )
+        .await;
+        assert!(cut.is_err());
+        assert!(meter.awaiting_backend());
+        meter.outbound(async {}).await;
+        assert!(meter.awaiting_backend(), "the cut-off request still counts");
     }
 
     #[tokio::test]

@@ -175,15 +175,14 @@ impl Prepared {
     /// Reads the component (checking its pin) and resolves settings and
     /// secrets.
     pub fn read(config: &ProviderConfig) -> Result<Prepared, LoadError> {
-        let fail = |reason: String| LoadError {
-            provider: config.name.clone(),
-            path: config.component.clone(),
-            reason,
-        };
+        let fail = |reason: String| LoadError::fatal(config, reason);
         let bytes = std::fs::read(&config.component).map_err(|e| fail(format!("reading: {e}")))?;
         let sha256 = crate::integrity::verify(config.sha256.as_deref(), &bytes).map_err(fail)?;
-        let settings = config.resolve_settings().map_err(|e| fail(e.to_string()))?;
-        let secrets = config.resolve_secrets().map_err(|e| fail(e.to_string()))?;
+        // A setting or secret file may appear or be fixed later (a token
+        // written by an agent): worth retrying.
+        let retry = |e: crate::config::ConfigError| LoadError::retryable(config, e.to_string());
+        let settings = config.resolve_settings().map_err(retry)?;
+        let secrets = config.resolve_secrets().map_err(retry)?;
 
         // Everything that, if changed, makes this a different provider.
         let mut hasher = Sha256::new();
@@ -223,6 +222,29 @@ pub struct LoadError {
     pub provider: String,
     pub path: PathBuf,
     pub reason: String,
+    /// Whether trying again later may succeed without a new component: the
+    /// failure was in something outside it (a secret or settings file, TLS
+    /// files, `init` reaching its backend). A component that does not
+    /// compile, link or match its pin fails the same way every time.
+    pub retryable: bool,
+}
+
+impl LoadError {
+    fn fatal(config: &ProviderConfig, reason: String) -> LoadError {
+        LoadError {
+            provider: config.name.clone(),
+            path: config.component.clone(),
+            reason,
+            retryable: false,
+        }
+    }
+
+    fn retryable(config: &ProviderConfig, reason: String) -> LoadError {
+        LoadError {
+            retryable: true,
+            ..LoadError::fatal(config, reason)
+        }
+    }
 }
 
 /// A loaded provider component, ready to serve calls.
@@ -275,11 +297,8 @@ impl WasmProvider {
         config: &ProviderConfig,
         prepared: Prepared,
     ) -> Result<WasmProvider, LoadError> {
-        let fail = |reason: String| LoadError {
-            provider: config.name.clone(),
-            path: config.component.clone(),
-            reason,
-        };
+        let fail = |reason: String| LoadError::fatal(config, reason);
+        let retry = |reason: String| LoadError::retryable(config, reason);
         let Prepared {
             bytes,
             origin,
@@ -308,7 +327,7 @@ impl WasmProvider {
         });
         let outbound = OutboundSettings::from_config(&config.outbound, secrets)
             .and_then(OutboundClient::new)
-            .map_err(fail)?;
+            .map_err(retry)?;
         let limits = &config.limits;
         let provider = WasmProvider {
             name: config.name.clone(),
@@ -334,7 +353,7 @@ impl WasmProvider {
             Err(ProviderError::Unavailable(why)) => {
                 tracing::warn!(provider = %provider.name, "backend unavailable at load: {why}");
             }
-            Err(error) => return Err(fail(format!("init failed: {error}"))),
+            Err(error) => return Err(retry(format!("init failed: {error}"))),
         }
         Ok(provider)
     }
@@ -634,9 +653,8 @@ pub async fn check(
     config: &ProviderConfig,
 ) -> Result<ProviderStatus, LoadError> {
     let provider = WasmProvider::load(runtime, config).await?;
-    provider.status().await.map_err(|e| LoadError {
-        provider: config.name.clone(),
-        path: config.component.clone(),
-        reason: format!("status failed: {e}"),
-    })
+    provider
+        .status()
+        .await
+        .map_err(|e| LoadError::retryable(config, format!("status failed: {e}")))
 }

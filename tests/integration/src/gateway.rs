@@ -441,6 +441,20 @@ impl DaemonProcess {
             .expect("connecting to the daemon")
     }
 
+    /// Sends `signal` (`HUP`, `TERM`, ...) to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// The daemon's exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("checking on the daemon")
+    }
+
     /// SIGTERM, wait, and return the log.
     pub fn terminate(mut self) -> String {
         let pid = self.child.id().to_string();

@@ -6,11 +6,36 @@
 //! # Layout
 //! - [`cpu`] — the CPU budget counts guest work only, whatever the host call.
 //! - [`pools`] — one provider cannot take another's instances.
+//! - [`deadlines`] — the caller's deadline bounds a call; a down backend fails fast.
+//! - [`batcher`] — abandoned decrypts are not replayed; the queue is bounded.
+//! - [`startup`] — a provider that cannot load does not stop the daemon.
 
+mod batcher;
 mod cpu;
+mod deadlines;
 mod pools;
+mod startup;
+
+use std::time::Duration;
 
 use kmsgate::proto::v2;
+use kmsgate_integration::RunningGateway;
+
+/// `message` with a gRPC deadline, as kube-apiserver sends every call.
+pub fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// `GET /metrics` from the daemon's admin HTTP server.
+pub async fn metrics_text(gateway: &RunningGateway) -> String {
+    let url = format!(
+        "{}/metrics",
+        gateway.admin_url.as_ref().expect("admin HTTP on")
+    );
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
 
 pub fn encrypt(plaintext: &[u8]) -> v2::EncryptRequest {
     v2::EncryptRequest {
