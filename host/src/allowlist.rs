@@ -7,7 +7,7 @@
 //! anywhere (DNS rebinding), the addresses it resolves to are checked again
 //! by [`address_permitted`] before a connection is made.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use url::Url;
 
@@ -44,6 +44,14 @@ impl Allowlist {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether every entry of `other` is also an entry of `self`.
+    pub fn covers(&self, other: &Allowlist) -> bool {
+        other
+            .entries
+            .iter()
+            .all(|entry| self.entries.contains(entry))
     }
 
     /// Whether `url` may be requested. The error says why not.
@@ -153,31 +161,118 @@ fn check_dns_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Addresses no provider may reach through a DNS name: cloud metadata and
+/// host-communication services, which hand out credentials to whoever asks
+/// from the node. Link-local ranges (169.254.0.0/16, fe80::/10) are refused
+/// as a whole besides these.
+///
+/// Sources:
+/// - 169.254.169.254: AWS, GCP, Azure, OpenStack, DigitalOcean, Oracle
+///   (docs.aws.amazon.com "Instance metadata service", cloud.google.com
+///   "About VM metadata", learn.microsoft.com "Azure Instance Metadata
+///   Service"); 169.254.170.2: AWS ECS task credentials; 169.254.0.23:
+///   Tencent Cloud (link-local, refused as a range).
+/// - 168.63.129.16: Azure WireServer (learn.microsoft.com "What is IP
+///   address 168.63.129.16").
+/// - 100.100.100.200: Alibaba Cloud ECS metadata
+///   (alibabacloud.com "Overview of ECS instance metadata").
+/// - 192.0.0.192: Oracle Cloud legacy metadata (docs.oracle.com
+///   "Getting Instance Metadata").
+/// - fd00:ec2::254: AWS IMDS over IPv6; fd00:ec2::/32 also holds the
+///   Amazon DNS resolver and time service (docs.aws.amazon.com "Configure
+///   the instance metadata options", "Amazon Time Sync Service").
+/// - fd20:ce::254: GCP metadata over IPv6 (cloud.google.com "About VM
+///   metadata", IPv6 access).
+const METADATA_V4: &[Ipv4Addr] = &[
+    Ipv4Addr::new(168, 63, 129, 16),
+    Ipv4Addr::new(100, 100, 100, 200),
+    Ipv4Addr::new(192, 0, 0, 192),
+];
+
+/// IPv6 ranges refused as metadata services: (prefix, prefix length).
+const METADATA_V6: &[(Ipv6Addr, u8)] = &[
+    (Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0), 32),
+    (Ipv6Addr::new(0xfd20, 0x00ce, 0, 0, 0, 0, 0, 0x254), 128),
+];
+
+fn in_prefix(ip: Ipv6Addr, prefix: Ipv6Addr, len: u8) -> bool {
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
+    (u128::from(ip) & mask) == (u128::from(prefix) & mask)
+}
+
+/// The IPv4 address an IPv6 address carries, in every form a connection
+/// could reach it through: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`, deprecated but still routed by some stacks), IPv4-translated
+/// (`::ffff:0:a.b.c.d`, SIIT), NAT64 (`64:ff9b::/96` and the local-use
+/// `64:ff9b:1::/48`, RFC 6052 / 8215), 6to4 (`2002:AABB:CCDD::/48`) and
+/// Teredo (`2001::/32`, client address inverted in the last 32 bits).
+fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(v6);
+    let low32 = Ipv4Addr::from(bits as u32);
+    let segments = v6.segments();
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    // ::a.b.c.d, but not :: and ::1.
+    if bits >> 32 == 0 && bits > 1 {
+        return Some(low32);
+    }
+    if bits >> 32 == 0xffff_0000 {
+        return Some(low32);
+    }
+    if in_prefix(v6, Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96)
+        || in_prefix(v6, Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48)
+    {
+        return Some(low32);
+    }
+    if segments[0] == 0x2002 {
+        let [a, b] = segments[1].to_be_bytes();
+        let [c, d] = segments[2].to_be_bytes();
+        return Some(Ipv4Addr::new(a, b, c, d));
+    }
+    if segments[0] == 0x2001 && segments[1] == 0 {
+        return Some(Ipv4Addr::from(!(bits as u32)));
+    }
+    None
+}
+
 /// Whether a connection to `ip`, found by resolving the allowed DNS name
 /// `host`, may be made. Never: unspecified, multicast, broadcast and
-/// link-local addresses (169.254.169.254 is the cloud metadata service).
-/// Loopback only when the name is `localhost`, so that a public name cannot
-/// be pointed at services on the node. To reach such an address anyway,
-/// allow it by IP literal.
+/// link-local addresses, and the metadata services above ([`METADATA_V4`],
+/// [`METADATA_V6`]), also when embedded in an IPv6 address. Loopback only
+/// when the name is `localhost`, so that a public name cannot be pointed at
+/// services on the node. To reach such an address anyway, allow it by IP
+/// literal.
 pub fn address_permitted(host: &str, ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
     let loopback_ok = host.eq_ignore_ascii_case("localhost");
+    let v4_permitted = |v4: Ipv4Addr| {
+        !(v4.is_unspecified()
+            || v4.is_multicast()
+            || v4.is_broadcast()
+            || v4.is_link_local()
+            || METADATA_V4.contains(&v4)
+            || (v4.is_loopback() && !loopback_ok))
+    };
     match ip {
-        IpAddr::V4(v4) => {
-            !(v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_link_local()
-                || (v4.is_loopback() && !loopback_ok))
-        }
+        IpAddr::V4(v4) => v4_permitted(v4),
         IpAddr::V6(v6) => {
+            if let Some(v4) = embedded_ipv4(v6) {
+                return v4_permitted(v4);
+            }
             let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            // fec0::/10, deprecated site-local: never a backend's address.
+            let site_local = (v6.segments()[0] & 0xffc0) == 0xfec0;
             !(v6.is_unspecified()
                 || v6.is_multicast()
                 || link_local
+                || site_local
+                || METADATA_V6
+                    .iter()
+                    .any(|(prefix, len)| in_prefix(v6, *prefix, *len))
                 || (v6.is_loopback() && !loopback_ok))
         }
     }
@@ -233,6 +328,24 @@ mod tests {
     #[case::mapped_loopback("vault.example.com", "::ffff:127.0.0.1", false)]
     #[case::v6_link_local("vault.example.com", "fe80::1", false)]
     #[case::unspecified("vault.example.com", "0.0.0.0", false)]
+    #[case::alibaba_metadata("vault.example.com", "100.100.100.200", false)]
+    #[case::azure_wireserver("vault.example.com", "168.63.129.16", false)]
+    #[case::oracle_legacy_metadata("vault.example.com", "192.0.0.192", false)]
+    #[case::ecs_credentials("vault.example.com", "169.254.170.2", false)]
+    #[case::aws_imds_v6("vault.example.com", "fd00:ec2::254", false)]
+    #[case::aws_dns_v6("vault.example.com", "fd00:ec2::253", false)]
+    #[case::gcp_metadata_v6("vault.example.com", "fd20:ce::254", false)]
+    #[case::nat64_metadata("vault.example.com", "64:ff9b::a9fe:a9fe", false)]
+    #[case::nat64_local_use_metadata("vault.example.com", "64:ff9b:1::a9fe:a9fe", false)]
+    #[case::nat64_public("vault.example.com", "64:ff9b::cb00:7107", true)]
+    #[case::v4_compatible_metadata("vault.example.com", "::169.254.169.254", false)]
+    #[case::v4_compatible_loopback("vault.example.com", "::127.0.0.1", false)]
+    #[case::v4_translated_metadata("vault.example.com", "::ffff:0:a9fe:a9fe", false)]
+    #[case::six_to_four_metadata("vault.example.com", "2002:a9fe:a9fe::1", false)]
+    #[case::teredo_metadata("vault.example.com", "2001:0:4136:e378:8000:63bf:5601:5601", false)]
+    #[case::site_local("vault.example.com", "fec0::1", false)]
+    #[case::public_v6("vault.example.com", "2600:1f18::1", true)]
+    #[case::v6_loopback_by_name("vault.example.com", "::1", false)]
     fn resolved_addresses(#[case] host: &str, #[case] ip: &str, #[case] ok: bool) {
         assert_eq!(address_permitted(host, ip.parse().unwrap()), ok);
     }

@@ -72,6 +72,9 @@ pub struct Config {
     /// Default 4096.
     #[serde(default = "default_memory_budget_mib")]
     pub memory_budget_mib: u64,
+    /// Limits on the KMS socket's connections.
+    #[serde(default)]
+    pub kms_socket: KmsSocketConfig,
     /// The admin HTTP server: probes, metrics, the providers view.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -97,6 +100,15 @@ pub struct AdminConfig {
     /// `listen` address.
     #[serde(default)]
     pub allow_reload: bool,
+    /// Connections open at once, at most; one more closes the oldest, so a
+    /// flood of idle connections cannot keep a probe out. Separate from
+    /// the KMS socket's budget. Default 64.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: u64,
+    /// How long a client has to send its request head, in milliseconds;
+    /// each connection serves one request. Default 5000.
+    #[serde(default = "default_admin_header_timeout_ms")]
+    pub header_timeout_ms: u64,
 }
 
 impl Default for AdminConfig {
@@ -105,8 +117,69 @@ impl Default for AdminConfig {
             enabled: true,
             listen: default_admin_listen(),
             allow_reload: false,
+            max_connections: default_admin_max_connections(),
+            header_timeout_ms: default_admin_header_timeout_ms(),
         }
     }
+}
+
+fn default_admin_max_connections() -> u64 {
+    64
+}
+fn default_admin_header_timeout_ms() -> u64 {
+    5_000
+}
+
+/// Limits on the KMS socket. Only its owner (and group, with a wider
+/// `socket_mode`) can connect, but a stuck or hostile local client must
+/// still not be able to pin the daemon's memory or file descriptors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsSocketConfig {
+    /// Connections open at once, at most; one more is closed at once (the
+    /// ones already open, kube-apiserver's among them, are kept).
+    /// kube-apiserver uses one per KMS provider entry. Default 16.
+    #[serde(default = "default_kms_max_connections")]
+    pub max_connections: u64,
+    /// Concurrent requests (HTTP/2 streams) per connection; clients queue
+    /// beyond it (grpc-go does). Default 64.
+    #[serde(default = "default_kms_max_streams")]
+    pub max_streams: u64,
+    /// A connection with no traffic either way for this long is closed, in
+    /// milliseconds (kube-apiserver polls Status at least every minute, and
+    /// reconnects by itself). Default 300000.
+    #[serde(default = "default_kms_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// A request not answered within this long is cancelled, however far
+    /// it got (a stream whose body never finishes included), in
+    /// milliseconds; a caller's shorter `grpc-timeout` wins. Must exceed
+    /// every provider's `limits.call_timeout_ms`. Default 30000.
+    #[serde(default = "default_kms_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl Default for KmsSocketConfig {
+    fn default() -> Self {
+        KmsSocketConfig {
+            max_connections: default_kms_max_connections(),
+            max_streams: default_kms_max_streams(),
+            idle_timeout_ms: default_kms_idle_timeout_ms(),
+            request_timeout_ms: default_kms_request_timeout_ms(),
+        }
+    }
+}
+
+fn default_kms_max_connections() -> u64 {
+    16
+}
+fn default_kms_max_streams() -> u64 {
+    64
+}
+fn default_kms_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn default_kms_request_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_admin_listen() -> std::net::SocketAddr {
@@ -134,10 +207,10 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub settings: BTreeMap<String, SettingValue>,
     /// Credentials the host attaches to the provider's outbound requests
-    /// (`secret-headers` in the WIT). They never enter the sandbox.
-    /// Each is `{ file = "path" }` or `{ env = "NAME" }`.
+    /// (`secret-headers` in the WIT). They never enter the sandbox, and no
+    /// response that carries one is handed to it.
     #[serde(default)]
-    pub secrets: BTreeMap<String, SecretSource>,
+    pub secrets: BTreeMap<String, SecretConfig>,
     /// Outbound HTTP the provider may make. Default: none.
     #[serde(default)]
     pub outbound: OutboundConfig,
@@ -218,14 +291,52 @@ impl std::fmt::Debug for SettingValue {
     }
 }
 
-/// Where a secret's value comes from.
+/// One credential: where its value comes from, and where it may go.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    /// Read from this file when the provider loads (trailing newline
+    /// trimmed). Exactly one of `file` and `env`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Or from this environment variable of the daemon.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// The request headers the provider may ask the host to put this
+    /// secret in, lowercase. Default `["x-vault-token", "authorization"]`,
+    /// the headers servers treat as credentials. Headers the host owns
+    /// (`host`, `content-length`, ...) are never allowed.
+    #[serde(default = "default_secret_headers")]
+    pub headers: Vec<String>,
+    /// The `scheme://host:port` entries of `outbound.allowed_hosts` this
+    /// secret may be sent to. Default: all of them.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+fn default_secret_headers() -> Vec<String> {
+    vec!["x-vault-token".into(), "authorization".into()]
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, PartialEq)]
 pub enum SecretSource {
     /// A file, read when the provider loads (trailing newline trimmed).
     File(PathBuf),
     /// An environment variable of the daemon.
     Env(String),
+}
+
+impl SecretConfig {
+    /// Where the value comes from; `None` unless exactly one of `file` and
+    /// `env` is set.
+    pub fn source(&self) -> Option<SecretSource> {
+        match (&self.file, &self.env) {
+            (Some(file), None) => Some(SecretSource::File(file.clone())),
+            (None, Some(env)) => Some(SecretSource::Env(env.clone())),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -401,9 +512,16 @@ impl Config {
     /// Reads, parses and validates `path`; relative paths inside it are made
     /// relative to the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes =
+            crate::files::read_bounded(path, crate::files::MAX_SMALL_FILE).map_err(|why| {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source: std::io::Error::other(why),
+                }
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            source: std::io::Error::other("not UTF-8"),
         })?;
         let mut config = Config::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
@@ -438,8 +556,8 @@ impl Config {
                     fix(file);
                 }
             }
-            for source in provider.secrets.values_mut() {
-                if let SecretSource::File(file) = source {
+            for secret in provider.secrets.values_mut() {
+                if let Some(file) = &mut secret.file {
                     fix(file);
                 }
             }
@@ -462,6 +580,40 @@ impl Config {
         self.socket_mode()?;
         if self.memory_budget_mib == 0 {
             return Err(Problem::new("memory_budget_mib", "must be greater than 0"));
+        }
+        for (field, value) in [
+            (
+                "kms_socket.max_connections",
+                self.kms_socket.max_connections,
+            ),
+            ("kms_socket.max_streams", self.kms_socket.max_streams),
+            (
+                "kms_socket.idle_timeout_ms",
+                self.kms_socket.idle_timeout_ms,
+            ),
+            (
+                "kms_socket.request_timeout_ms",
+                self.kms_socket.request_timeout_ms,
+            ),
+            ("admin.max_connections", self.admin.max_connections),
+            ("admin.header_timeout_ms", self.admin.header_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(Problem::new(field, "must be greater than 0"));
+            }
+        }
+        if let Some(provider) = self
+            .providers
+            .iter()
+            .find(|p| p.limits.call_timeout_ms >= self.kms_socket.request_timeout_ms)
+        {
+            return Err(Problem::new(
+                "kms_socket.request_timeout_ms",
+                format!(
+                    "must exceed limits.call_timeout_ms of provider {} ({} ms)",
+                    provider.name, provider.limits.call_timeout_ms
+                ),
+            ));
         }
         if self.status_interval_ms < 100 {
             return Err(Problem::new("status_interval_ms", "must be at least 100"));
@@ -549,10 +701,12 @@ impl Config {
                 SettingValue::File { file } => Some(file.clone()),
                 _ => None,
             }));
-            files.extend(provider.secrets.values().filter_map(|source| match source {
-                SecretSource::File(file) => Some(file.clone()),
-                SecretSource::Env(_) => None,
-            }));
+            files.extend(
+                provider
+                    .secrets
+                    .values()
+                    .filter_map(|secret| secret.file.clone()),
+            );
         }
         files.sort();
         files.dedup();
@@ -604,6 +758,31 @@ impl ProviderConfig {
         }
         Allowlist::parse(&self.outbound.allowed_hosts)
             .map_err(|message| Problem::new(format!("{at}.outbound.allowed_hosts"), message))?;
+        let allowed = Allowlist::parse(&self.outbound.allowed_hosts).unwrap_or_default();
+        for (name, secret) in &self.secrets {
+            let field = format!("{at}.secrets.{name}");
+            if secret.source().is_none() {
+                return Err(Problem::new(field, "needs exactly one of file and env"));
+            }
+            if secret.headers.is_empty() {
+                return Err(Problem::new(
+                    format!("{field}.headers"),
+                    "must name at least one header",
+                ));
+            }
+            for header in &secret.headers {
+                crate::outbound::check_secret_header(header)
+                    .map_err(|why| Problem::new(format!("{field}.headers"), why))?;
+            }
+            let hosts = Allowlist::parse(&secret.hosts)
+                .map_err(|why| Problem::new(format!("{field}.hosts"), why))?;
+            if !allowed.covers(&hosts) {
+                return Err(Problem::new(
+                    format!("{field}.hosts"),
+                    "each entry must be one of outbound.allowed_hosts",
+                ));
+            }
+        }
         if self.outbound.client_cert_file.is_some() != self.outbound.client_key_file.is_some() {
             return Err(Problem::new(
                 format!("{at}.outbound"),
@@ -684,11 +863,17 @@ impl ProviderConfig {
     pub fn resolve_secrets(&self) -> Result<HashMap<String, Secret>, ConfigError> {
         self.secrets
             .iter()
-            .map(|(name, source)| {
-                let value = match source {
-                    SecretSource::File(file) => read_trimmed(file)
+            .map(|(name, secret)| {
+                let value = match secret.source() {
+                    None => {
+                        return Err(self.resolve_error(
+                            format!("secret {name}"),
+                            "needs exactly one of file and env".into(),
+                        ));
+                    }
+                    Some(SecretSource::File(file)) => read_trimmed(&file)
                         .map_err(|message| self.resolve_error(format!("secret {name}"), message))?,
-                    SecretSource::Env(env) => std::env::var(env).map_err(|_| {
+                    Some(SecretSource::Env(env)) => std::env::var(&env).map_err(|_| {
                         self.resolve_error(
                             format!("secret {name}"),
                             format!("environment variable {env} is not set"),
@@ -711,7 +896,8 @@ impl ProviderConfig {
 
 fn read_trimmed(path: &Path) -> Result<String, String> {
     // The error names the file, never its contents.
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path:?}: {e}"))?;
+    let bytes = crate::files::read_bounded(path, crate::files::MAX_SMALL_FILE)?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("reading {path:?}: not UTF-8"))?;
     Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
@@ -805,8 +991,12 @@ mod tests {
             }
         );
         assert_eq!(
-            provider.secrets["token"],
-            SecretSource::Env("VAULT_TOKEN".into())
+            provider.secrets["token"].source(),
+            Some(SecretSource::Env("VAULT_TOKEN".into()))
+        );
+        assert_eq!(
+            provider.secrets["token"].headers,
+            ["x-vault-token", "authorization"]
         );
     }
 
@@ -816,6 +1006,11 @@ mod tests {
     #[case::tiny_status_interval("status_interval_ms = 5", "status_interval_ms")]
     #[case::unknown_primary("primary = \"vault\"", "primary")]
     #[case::zero_budget("memory_budget_mib = 0", "memory_budget_mib")]
+    #[case::no_kms_connections("[kms_socket]\nmax_connections = 0", "kms_socket.max_connections")]
+    #[case::request_timeout_below_call_timeout(
+        "[kms_socket]\nrequest_timeout_ms = 1000",
+        "kms_socket.request_timeout_ms"
+    )]
     #[case::over_budget("memory_budget_mib = 100", "memory_budget_mib")]
     #[case::remote_reload(
         "[admin]\nlisten = \"0.0.0.0:9474\"\nallow_reload = true",
@@ -854,6 +1049,22 @@ mod tests {
     #[case::more_instances_than_the_pool(
         "[providers.limits]\nmax_concurrent_calls = 300\nmemory_mib = 1",
         "providers"
+    )]
+    #[case::secret_without_source(
+        "[providers.secrets]\ntoken = { headers = [\"x-vault-token\"] }",
+        "providers[0].secrets.token"
+    )]
+    #[case::secret_in_the_host_header(
+        "[providers.secrets]\ntoken = { env = \"T\", headers = [\"host\"] }",
+        "providers[0].secrets.token.headers"
+    )]
+    #[case::secret_in_an_uppercase_header(
+        "[providers.secrets]\ntoken = { env = \"T\", headers = [\"X-Token\"] }",
+        "providers[0].secrets.token.headers"
+    )]
+    #[case::secret_to_a_host_not_allowed(
+        "[providers.secrets]\ntoken = { env = \"T\", hosts = [\"https://evil.example.com\"] }",
+        "providers[0].secrets.token.hosts"
     )]
     #[case::half_mtls(
         "[providers.outbound]\nclient_cert_file = \"c.pem\"",

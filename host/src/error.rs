@@ -131,11 +131,17 @@ impl KmsError {
     }
 }
 
+/// Longest message sent to the apiserver.
+const MAX_STATUS_MESSAGE: usize = 1024;
+
 impl From<KmsError> for Status {
     fn from(error: KmsError) -> Status {
-        // Messages are built from provider-chosen strings and our own text;
-        // neither ever carries plaintext or credentials (see `secret.rs`).
-        Status::new(error.code(), error.to_string())
+        // Messages are built from provider-chosen strings (already cut and
+        // cleaned where they entered) and our own text; neither ever
+        // carries plaintext or credentials (see `secret.rs`, `leak.rs`).
+        // The cap is a backstop for whatever a message quotes.
+        let message = crate::sanitize::clean(&error.to_string(), MAX_STATUS_MESSAGE);
+        Status::new(error.code(), message)
     }
 }
 

@@ -10,8 +10,10 @@
 //!
 //! # Layout
 //! - [`config`] — the TOML config file, validated.
+//! - [`files`] — reading the files the config names: regular, bounded, off the runtime.
 //! - [`server`] — `run(config, socket, shutdown)`, the daemon's main loop.
 //! - [`socket`] — the Unix socket: mode, stale-file recovery, removal.
+//! - [`connections`] — bounded listeners: connection caps, idle and header timeouts.
 //! - [`grpc`] — the v2 and v1beta1 gRPC services.
 //! - [`proto`] — generated gRPC code, with redacting `Debug`.
 //! - [`gateway`] — routing, apiserver limits, status kept fresh in the background.
@@ -28,6 +30,8 @@
 //! - [`wasm`] — wasmtime engine, component loading, per-call sandboxing.
 //! - [`outbound`] — providers' outbound HTTP (reqwest) with TLS and caps.
 //! - [`allowlist`] — which hosts a provider may reach.
+//! - [`leak`] — finds a provider's credentials in a response before it sees it.
+//! - [`log_limit`] — log lines outsiders can provoke, written at most every few seconds.
 //! - [`secret`] — redacting wrappers for plaintext and credentials.
 //! - [`sanitize`] — provider- and caller-supplied text, cut and cleaned before it is shown.
 //! - [`client`] — a client for the socket (CLI and tests).
@@ -43,14 +47,18 @@ pub mod breaker;
 pub mod client;
 pub mod coalesce;
 pub mod config;
+pub mod connections;
 pub mod envelope;
 pub mod error;
+pub mod files;
 pub mod floor;
 pub mod gateway;
 pub mod grpc;
 pub mod integrity;
 pub mod kms;
+pub mod leak;
 pub mod limits;
+pub mod log_limit;
 pub mod metrics;
 pub mod outbound;
 pub mod proto;

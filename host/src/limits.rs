@@ -6,14 +6,15 @@ use std::collections::BTreeMap;
 
 /// Longest key id the apiserver accepts (v2).
 pub const MAX_KEY_ID_BYTES: usize = 1024;
-/// Longest v2 ciphertext the apiserver accepts.
+/// Longest v2 ciphertext the apiserver accepts. kmsgate holds a provider's
+/// ciphertext to it for v1beta1 too (inside its envelope).
 pub const MAX_CIPHERTEXT_BYTES: usize = 1024;
 /// Annotation keys plus values must stay within this many bytes.
 pub const MAX_ANNOTATIONS_BYTES: usize = 32 * 1024;
-/// Longest plaintext kmsgate accepts. The apiserver sends 32-byte DEKs (or
-/// seeds); the cap keeps a hostile caller from pushing megabytes into a
-/// provider's sandbox.
-pub const MAX_PLAINTEXT_BYTES: usize = 64 * 1024;
+/// Longest plaintext kmsgate accepts: a ciphertext is never shorter than
+/// its plaintext, so a longer one could not come back within
+/// [`MAX_CIPHERTEXT_BYTES`]. (The apiserver sends 32-byte DEKs or seeds.)
+pub const MAX_PLAINTEXT_BYTES: usize = MAX_CIPHERTEXT_BYTES;
 
 /// KMS v2 annotations: key (a DNS name) to opaque bytes.
 pub type Annotations = BTreeMap<String, Vec<u8>>;
@@ -42,7 +43,7 @@ pub fn check_plaintext(plaintext: &[u8]) -> Result<(), String> {
     match plaintext.len() {
         0 => Err("plaintext is empty".into()),
         n if n > MAX_PLAINTEXT_BYTES => Err(format!(
-            "plaintext is {n} bytes, the limit is {MAX_PLAINTEXT_BYTES}"
+            "plaintext is {n} bytes, the limit is {MAX_PLAINTEXT_BYTES} (no ciphertext of it would fit the apiserver's {MAX_CIPHERTEXT_BYTES})"
         )),
         _ => Ok(()),
     }

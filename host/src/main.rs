@@ -255,8 +255,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter =
+    let mut filter =
         tracing_subscriber::EnvFilter::try_new(filter).context("parsing the log filter")?;
+    // The file watcher's library logs every inotify event at trace. With
+    // the log in a watched directory, each line would be an event, and each
+    // event a line: quiet it unless asked for by name.
+    if !filter.to_string().contains("notify") {
+        filter = filter.add_directive("notify=debug".parse().expect("a valid directive"));
+    }
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -345,12 +345,7 @@ impl Metrics {
                 .set(usage.memory_bytes as i64);
             let key_id_hash = health
                 .key_id
-                .map(|id| {
-                    crate::integrity::sha256_hex(
-                        crate::gateway::namespaced(&provider, &id).as_bytes(),
-                    )[..16]
-                        .to_string()
-                })
+                .map(|id| key_id_hash(&provider, &id))
                 .unwrap_or_default();
             let sha256 = slot.serving().origin.sha256;
             self.provider_info
@@ -366,6 +361,13 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         text
     }
+}
+
+/// How key ids are shown where no credentials guard the view: the first
+/// 16 hex digits of the SHA-256 of the namespaced key id.
+pub fn key_id_hash(provider: &str, key_id: &str) -> String {
+    crate::integrity::sha256_hex(crate::gateway::namespaced(provider, key_id).as_bytes())[..16]
+        .to_string()
 }
 
 #[cfg(test)]

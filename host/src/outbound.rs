@@ -2,6 +2,18 @@
 //! address check, TLS settings, timeouts, the response size cap and the
 //! secrets the host attaches. The Wasm host import only translates types
 //! into and out of [`OutboundClient::send`].
+//!
+//! Credentials stay in the host, both ways:
+//! - a secret goes only into the headers the operator allowed for it
+//!   (`secrets.<name>.headers`) and only to its hosts (`.hosts`);
+//! - the host owns the headers that frame or route a request
+//!   ([`HOST_OWNED_HEADERS`]): a provider cannot set `Host` (to reach
+//!   another virtual host behind an allowed address), ask for compression
+//!   or a byte range (to get a credential back in a form the host cannot
+//!   search), or break the framing;
+//! - a response that carries any of the provider's credentials, in any
+//!   form [`crate::leak`] knows, is withheld (a `denied` value), as is a
+//!   compressed one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,8 +26,59 @@ use thiserror::Error;
 use url::Url;
 
 use crate::allowlist::{Allowlist, address_permitted};
-use crate::config::OutboundConfig;
+use crate::config::{OutboundConfig, SecretConfig};
+use crate::leak::LeakDetector;
 use crate::secret::Secret;
+
+/// Request headers only the host sets: they route the request (`host`),
+/// frame it, or shape the response (`accept-encoding`, `range`) in ways
+/// that would let a response slip past the credential search.
+pub const HOST_OWNED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "accept-encoding",
+    "range",
+    "if-range",
+    "proxy-authorization",
+    "proxy-connection",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+];
+
+/// Headers a provider may send, at most; longer header values and URLs are
+/// refused too. Generous for any KMS API, small for abuse.
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_VALUE: usize = 8 << 10;
+const MAX_URL: usize = 8 << 10;
+
+/// Whether `name` may carry a secret: a lowercase header name the host does
+/// not own.
+pub fn check_secret_header(name: &str) -> Result<(), String> {
+    if HeaderName::from_bytes(name.as_bytes()).is_err() || name.to_ascii_lowercase() != name {
+        return Err(format!("{name:?} is not a lowercase header name"));
+    }
+    if HOST_OWNED_HEADERS.contains(&name) {
+        return Err(format!("{name:?} is set by the host, never from a secret"));
+    }
+    Ok(())
+}
+
+/// A secret with where it may go.
+pub struct SecretGrant {
+    pub value: Secret,
+    /// Lowercase header names it may be sent in.
+    pub headers: Vec<String>,
+    /// Hosts it may be sent to (within the provider's allowlist).
+    pub hosts: Option<Allowlist>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -86,8 +149,10 @@ pub enum OutboundError {
 
 /// Everything needed to build an [`OutboundClient`], resolved from config.
 pub struct OutboundSettings {
+    /// For log lines.
+    pub provider: String,
     pub allowlist: Allowlist,
-    pub secrets: HashMap<String, Secret>,
+    pub secrets: HashMap<String, SecretGrant>,
     pub timeout: Duration,
     pub max_response_bytes: u64,
     pub ca_pem: Option<Vec<u8>>,
@@ -95,15 +160,19 @@ pub struct OutboundSettings {
     pub identity_pem: Option<Vec<u8>>,
 }
 
-impl OutboundSettings {
-    /// Reads the TLS files named in `config`.
-    pub fn from_config(
-        config: &OutboundConfig,
-        secrets: HashMap<String, Secret>,
-    ) -> Result<OutboundSettings, String> {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| format!("reading {path:?}: {e}"))
-        };
+/// The TLS files an [`OutboundConfig`] names, read.
+#[derive(Default)]
+pub struct TlsFiles {
+    pub ca_pem: Option<Vec<u8>>,
+    /// Certificate and key, PEM, concatenated.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+impl TlsFiles {
+    /// Reads them (blocking; see [`crate::files`]).
+    pub fn read(config: &OutboundConfig) -> Result<TlsFiles, String> {
+        let read =
+            |path: &std::path::Path| crate::files::read_bounded(path, crate::files::MAX_SMALL_FILE);
         let identity_pem = match (&config.client_cert_file, &config.client_key_file) {
             (Some(cert), Some(key)) => {
                 let mut pem = read(cert)?;
@@ -113,13 +182,48 @@ impl OutboundSettings {
             }
             _ => None,
         };
-        Ok(OutboundSettings {
-            allowlist: Allowlist::parse(&config.allowed_hosts)?,
-            secrets,
-            timeout: Duration::from_millis(config.timeout_ms),
-            max_response_bytes: config.max_response_bytes,
+        Ok(TlsFiles {
             ca_pem: config.ca_file.as_deref().map(read).transpose()?,
             identity_pem,
+        })
+    }
+}
+
+impl OutboundSettings {
+    /// `values` are the resolved values of `secrets`, `tls` the files
+    /// `config` names.
+    pub fn from_config(
+        provider: &str,
+        config: &OutboundConfig,
+        secrets: &std::collections::BTreeMap<String, SecretConfig>,
+        mut values: HashMap<String, Secret>,
+        tls: TlsFiles,
+    ) -> Result<OutboundSettings, String> {
+        let mut grants = HashMap::new();
+        for (name, secret) in secrets {
+            let value = values
+                .remove(name)
+                .ok_or_else(|| format!("secret {name} was not resolved"))?;
+            let hosts = (!secret.hosts.is_empty())
+                .then(|| Allowlist::parse(&secret.hosts))
+                .transpose()?;
+            grants.insert(
+                name.clone(),
+                SecretGrant {
+                    value,
+                    headers: secret.headers.clone(),
+                    hosts,
+                },
+            );
+        }
+        Ok(OutboundSettings {
+            provider: provider.to_owned(),
+            allowlist: Allowlist::parse(&config.allowed_hosts)?,
+            secrets: grants,
+            timeout: Duration::from_millis(config.timeout_ms),
+            max_response_bytes: config.max_response_bytes,
+            ca_pem: tls.ca_pem,
+            identity_pem: tls.identity_pem,
         })
     }
 }
@@ -131,10 +235,14 @@ pub struct OutboundClient {
 }
 
 struct Inner {
+    provider: String,
     client: reqwest::Client,
     allowlist: Allowlist,
-    secrets: HashMap<String, Secret>,
+    secrets: HashMap<String, SecretGrant>,
+    leaks: LeakDetector,
     max_response_bytes: u64,
+    /// Withheld responses are logged at most this often.
+    withheld_log: crate::log_limit::LogLimit,
 }
 
 impl OutboundClient {
@@ -163,18 +271,32 @@ impl OutboundClient {
         let client = builder
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let leaks = LeakDetector::new(
+            settings
+                .secrets
+                .iter()
+                .map(|(name, grant)| (name.as_str(), grant.value.expose().as_bytes())),
+        );
         Ok(OutboundClient {
             inner: Arc::new(Inner {
+                provider: settings.provider,
                 client,
                 allowlist: settings.allowlist,
                 secrets: settings.secrets,
+                leaks,
                 max_response_bytes: settings.max_response_bytes,
+                withheld_log: crate::log_limit::LogLimit::default(),
             }),
         })
     }
 
     pub async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
         let inner = &self.inner;
+        if request.url.len() > MAX_URL {
+            return Err(OutboundError::InvalidRequest(format!(
+                "URL longer than {MAX_URL} bytes"
+            )));
+        }
         let url = Url::parse(&request.url)
             .map_err(|e| OutboundError::InvalidRequest(format!("bad URL: {e}")))?;
         if !url.username().is_empty() || url.password().is_some() {
@@ -183,6 +305,11 @@ impl OutboundClient {
             ));
         }
         inner.allowlist.check(&url).map_err(OutboundError::Denied)?;
+        if request.headers.len() + request.secret_headers.len() > MAX_HEADERS {
+            return Err(OutboundError::InvalidRequest(format!(
+                "more than {MAX_HEADERS} headers"
+            )));
+        }
 
         let method = match request.method {
             Method::Get => reqwest::Method::GET,
@@ -190,35 +317,67 @@ impl OutboundClient {
             Method::Put => reqwest::Method::PUT,
             Method::Delete => reqwest::Method::DELETE,
         };
-        let mut builder = inner.client.request(method, url);
+        let mut builder = inner
+            .client
+            .request(method, url.clone())
+            // Nothing the credential search cannot read.
+            .header(reqwest::header::ACCEPT_ENCODING, "identity");
         for (name, value) in &request.headers {
-            builder = builder.header(header_name(name)?, header_value(value)?);
+            let name = header_name(name)?;
+            if HOST_OWNED_HEADERS.contains(&name.as_str()) {
+                return Err(OutboundError::InvalidRequest(format!(
+                    "header {name:?} is set by the host"
+                )));
+            }
+            builder = builder.header(name, header_value(value)?);
         }
         for (name, secret_name) in &request.secret_headers {
-            let secret = inner
+            let grant = inner
                 .secrets
                 .get(secret_name)
                 .ok_or_else(|| OutboundError::UnknownSecret(secret_name.clone()))?;
-            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
+            let name = header_name(name)?;
+            if !grant.headers.iter().any(|allowed| allowed == name.as_str()) {
+                return Err(OutboundError::Denied(format!(
+                    "secret {secret_name:?} may not be sent in header {name:?} (secrets.{secret_name}.headers allows {:?})",
+                    grant.headers
+                )));
+            }
+            if let Some(hosts) = &grant.hosts {
+                hosts.check(&url).map_err(|_| {
+                    OutboundError::Denied(format!(
+                        "secret {secret_name:?} may not be sent to {} (secrets.{secret_name}.hosts)",
+                        url.origin().ascii_serialization()
+                    ))
+                })?;
+            }
+            let mut value = HeaderValue::from_str(grant.value.expose()).map_err(|_| {
                 OutboundError::InvalidRequest(format!(
                     "secret {secret_name:?} is not a valid header value"
                 ))
             })?;
             value.set_sensitive(true);
-            builder = builder.header(header_name(name)?, value);
+            builder = builder.header(name, value);
         }
         let mut response = builder.body(request.body).send().await.map_err(classify)?;
 
         let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
-            .collect();
         let cap = inner.max_response_bytes;
         if response.content_length().is_some_and(|len| len > cap) {
             return Err(OutboundError::ResponseTooLarge(cap));
         }
+        let encoding = response
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|value| value.to_str().unwrap_or("?").to_ascii_lowercase());
+        if encoding.is_some_and(|encoding| encoding != "identity") {
+            return Err(self.withhold(&url, "it is compressed, which the host does not search"));
+        }
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             if (body.len() + chunk.len()) as u64 > cap {
@@ -226,11 +385,32 @@ impl OutboundClient {
             }
             body.extend_from_slice(&chunk);
         }
+        let header_text: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\n"))
+            .collect();
+        if let Some(secret) = inner.leaks.find(&[header_text.as_bytes(), &body]) {
+            return Err(self.withhold(
+                &url,
+                &format!("it carries the provider's secret {secret:?}"),
+            ));
+        }
         Ok(OutboundResponse {
             status,
             headers,
             body,
         })
+    }
+
+    /// Refuses a response the guest must not see, and says so (in the
+    /// log at most every few seconds: a hostile provider could repeat it).
+    fn withhold(&self, url: &Url, why: &str) -> OutboundError {
+        let inner = &self.inner;
+        let origin = url.origin().ascii_serialization();
+        if inner.withheld_log.allow() {
+            tracing::warn!(provider = %inner.provider, %origin, "withheld a response from the provider: {why}");
+        }
+        OutboundError::Denied(format!("the host withheld the response of {origin}: {why}"))
     }
 }
 
@@ -240,6 +420,11 @@ fn header_name(name: &str) -> Result<HeaderName, OutboundError> {
 }
 
 fn header_value(value: &str) -> Result<HeaderValue, OutboundError> {
+    if value.len() > MAX_HEADER_VALUE {
+        return Err(OutboundError::InvalidRequest(format!(
+            "header value longer than {MAX_HEADER_VALUE} bytes"
+        )));
+    }
     HeaderValue::from_str(value)
         .map_err(|_| OutboundError::InvalidRequest("bad header value".into()))
 }
@@ -301,10 +486,18 @@ mod tests {
 
     fn client(allowed: &[String], secrets: &[(&str, &str)], cap: u64) -> OutboundClient {
         OutboundClient::new(OutboundSettings {
+            provider: "test".into(),
             allowlist: Allowlist::parse(allowed).unwrap(),
             secrets: secrets
                 .iter()
-                .map(|(k, v)| (k.to_string(), Secret::new(v.to_string())))
+                .map(|(k, v)| {
+                    let grant = SecretGrant {
+                        value: Secret::new(v.to_string()),
+                        headers: vec!["x-vault-token".into()],
+                        hosts: None,
+                    };
+                    (k.to_string(), grant)
+                })
                 .collect(),
             timeout: Duration::from_secs(2),
             max_response_bytes: cap,
@@ -398,6 +591,136 @@ mod tests {
         let client = client(std::slice::from_ref(&base), &[("token", "t")], 4);
         let error = client.send(get(format!("{base}/"))).await.unwrap_err();
         assert_eq!(error, OutboundError::ResponseTooLarge(4));
+    }
+
+    /// A one-shot server that answers with `head` (status line and
+    /// headers, no blank line) and `body`.
+    async fn answer_once(head: String, body: String) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 4096];
+            let n = socket.read(&mut buf).await.unwrap();
+            let reply = format!("{head}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            socket.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (format!("http://{addr}"), task)
+    }
+
+    #[tokio::test]
+    async fn a_response_carrying_the_secret_is_withheld() {
+        for (head, body) in [
+            (
+                "HTTP/1.1 200 OK".to_string(),
+                r#"{"data":{"id":"s.abcdef123"}}"#.to_string(),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nx-echo: s.abcdef123".to_string(),
+                String::new(),
+            ),
+            (
+                "HTTP/1.1 200 OK".to_string(),
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    "x-vault-token: s.abcdef123",
+                ),
+            ),
+        ] {
+            let (base, _server) = answer_once(head, body).await;
+            let client = client(
+                std::slice::from_ref(&base),
+                &[("token", "s.abcdef123")],
+                1024,
+            );
+            let error = client.send(get(format!("{base}/"))).await.unwrap_err();
+            assert!(
+                matches!(&error, OutboundError::Denied(m) if m.contains("secret \"token\"")),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_compressed_response_is_withheld_and_none_is_asked_for() {
+        let (base, server) = answer_once(
+            "HTTP/1.1 200 OK\r\ncontent-encoding: gzip".into(),
+            "not really gzip".into(),
+        )
+        .await;
+        let client = client(std::slice::from_ref(&base), &[("token", "t")], 1024);
+        let error = client.send(get(format!("{base}/"))).await.unwrap_err();
+        assert!(
+            matches!(&error, OutboundError::Denied(m) if m.contains("compressed")),
+            "{error:?}"
+        );
+        let request = server.await.unwrap().to_lowercase();
+        assert!(request.contains("accept-encoding: identity"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn the_guest_cannot_set_host_owned_headers_or_misplace_a_secret() {
+        let client = client(&["http://127.0.0.1:1".into()], &[("token", "t")], 1024);
+        for name in ["Host", "accept-encoding", "range", "content-length"] {
+            let mut request = get("http://127.0.0.1:1/".into());
+            request.headers = vec![(name.into(), "x".into())];
+            let error = client.send(request).await.unwrap_err();
+            assert!(
+                matches!(error, OutboundError::InvalidRequest(_)),
+                "{name}: {error:?}"
+            );
+        }
+        for name in ["host", "x-echo", "authorization"] {
+            let mut request = get("http://127.0.0.1:1/".into());
+            request.secret_headers = vec![(name.into(), "token".into())];
+            let error = client.send(request).await.unwrap_err();
+            assert!(
+                matches!(&error, OutboundError::Denied(m) if m.contains("may not be sent in header")),
+                "{name}: {error:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_goes_only_to_its_hosts() {
+        let allowed = [
+            "http://127.0.0.1:1".to_string(),
+            "http://127.0.0.2:1".to_string(),
+        ];
+        let client = OutboundClient::new(OutboundSettings {
+            provider: "test".into(),
+            allowlist: Allowlist::parse(&allowed).unwrap(),
+            secrets: HashMap::from([(
+                "token".to_string(),
+                SecretGrant {
+                    value: Secret::new("t".into()),
+                    headers: vec!["x-vault-token".into()],
+                    hosts: Some(Allowlist::parse(&allowed[..1]).unwrap()),
+                },
+            )]),
+            timeout: Duration::from_secs(2),
+            max_response_bytes: 1024,
+            ca_pem: None,
+            identity_pem: None,
+        })
+        .unwrap();
+        let error = client
+            .send(get("http://127.0.0.2:1/".into()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, OutboundError::Denied(m) if m.contains("secrets.token.hosts")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn secret_headers_are_lowercase_and_never_host_owned() {
+        assert!(check_secret_header("x-vault-token").is_ok());
+        assert!(check_secret_header("X-Vault-Token").is_err());
+        assert!(check_secret_header("host").is_err());
+        assert!(check_secret_header("bad header").is_err());
     }
 
     #[tokio::test]

@@ -92,8 +92,13 @@ pub struct ProviderView {
     pub loaded_at_unix_ms: u64,
     pub generation: u64,
     pub healthy: bool,
-    /// Namespaced; empty until the provider reported one.
+    /// Namespaced; empty until the provider reported one. Not in the JSON
+    /// view (the unauthenticated admin port): `key_id_hash` is.
+    #[serde(skip_serializing)]
     pub key_id: String,
+    /// The first 16 hex digits of the SHA-256 of `key_id` (as in
+    /// `/metrics`); empty until there is one.
+    pub key_id_hash: String,
     pub detail: String,
     /// Why the last reload of this provider was refused; empty if it was not.
     pub last_reload_error: String,
@@ -165,6 +170,11 @@ impl Reloader {
                         .unwrap_or_default(),
                     generation: serving.generation,
                     healthy: health.healthy,
+                    key_id_hash: health
+                        .key_id
+                        .as_ref()
+                        .map(|id| crate::metrics::key_id_hash(slot.name(), id))
+                        .unwrap_or_default(),
                     key_id: health
                         .key_id
                         .map(|id| crate::gateway::namespaced(slot.name(), &id))
@@ -223,10 +233,15 @@ impl Reloader {
             report.error = Some("the daemon was not started from a config file".into());
             return report;
         };
-        let next = match Config::load(&path) {
-            Ok(next) => next,
-            Err(error) => {
+        let loaded = crate::files::off_runtime("the config", move || Config::load(&path)).await;
+        let next = match loaded {
+            Ok(Ok(next)) => next,
+            Ok(Err(error)) => {
                 report.error = Some(error.to_string());
+                return report;
+            }
+            Err(why) => {
+                report.error = Some(why);
                 return report;
             }
         };
@@ -273,7 +288,9 @@ impl Reloader {
         slot: &Slot,
         config: &crate::config::ProviderConfig,
     ) -> Result<bool, String> {
-        let prepared = Prepared::read(config).map_err(|e| e.reason)?;
+        let prepared = Prepared::read_off_runtime(config)
+            .await
+            .map_err(|e| e.reason)?;
         if prepared.origin().fingerprint == slot.serving().origin.fingerprint {
             return Ok(false);
         }
@@ -327,7 +344,9 @@ impl Reloader {
     }
 
     async fn add(&self, config: &crate::config::ProviderConfig) -> Result<bool, String> {
-        let prepared = Prepared::read(config).map_err(|e| e.reason)?;
+        let prepared = Prepared::read_off_runtime(config)
+            .await
+            .map_err(|e| e.reason)?;
         let origin = prepared.origin().clone();
         let candidate = WasmProvider::build(&self.runtime, config, prepared)
             .await

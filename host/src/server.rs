@@ -48,6 +48,9 @@ pub async fn run(
     // First, before anything slow: from here SIGHUP no longer has its
     // default action (terminate).
     let hangups = listen_for_sighup();
+    for warning in permission_warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     let mut shutdown = Box::pin(shutdown);
     let runtime = Runtime::new(
         config.compile_cache_dir.as_deref(),
@@ -70,6 +73,7 @@ pub async fn run(
     tracing::info!(socket = ?socket.path(), key_id = %status.key_id, healthz = %status.healthz, "serving");
 
     let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let kms_socket = config.kms_socket.clone();
     let debounce = Duration::from_millis(config.reload_debounce_ms);
     let watch = config.watch;
     let admin = config.admin.clone();
@@ -82,18 +86,13 @@ pub async fn run(
     ));
     let serving = Arc::new(AtomicBool::new(false));
     let _admin_http = if admin.enabled {
-        let (addr, task) = crate::admin_http::spawn(
-            admin.listen,
-            admin.allow_reload,
-            reloader.clone(),
-            metrics.clone(),
-            serving.clone(),
-        )
-        .await
-        .map_err(|source| ServeError::Admin {
-            addr: admin.listen,
-            source,
-        })?;
+        let (addr, task) =
+            crate::admin_http::spawn(&admin, reloader.clone(), metrics.clone(), serving.clone())
+                .await
+                .map_err(|source| ServeError::Admin {
+                    addr: admin.listen,
+                    source,
+                })?;
         tracing::info!(%addr, "admin HTTP serving /livez /readyz /metrics /providers");
         Some(AbortOnDrop(task))
     } else {
@@ -138,12 +137,26 @@ pub async fn run(
     let mut stopping = stop_rx.clone();
     serving.store(true, Ordering::Relaxed);
     let server = tonic::transport::Server::builder()
+        // Bounds per connection: streams, header size, and how long any
+        // request may take (a half-open stream included). A caller's
+        // shorter grpc-timeout wins.
+        .max_concurrent_streams(kms_socket.max_streams as u32)
+        .http2_max_header_list_size(crate::grpc::MAX_HEADER_LIST_BYTES)
+        // What a stream, and a connection, may send before the daemon
+        // reads it (hyper's default is 1 MiB each).
+        .initial_stream_window_size(crate::grpc::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::grpc::CONNECTION_WINDOW_BYTES)
+        .timeout(Duration::from_millis(kms_socket.request_timeout_ms))
         .add_service(health_service)
         .add_service(V2Service::server(gateway.clone(), metrics.clone()))
         .add_service(V1beta1Service::server(gateway.clone(), metrics))
         .add_service(AdminService::server(reloader))
         .serve_with_incoming_shutdown(
-            UnixListenerStream::new(socket.take_listener()),
+            crate::connections::kms_incoming(
+                socket.take_listener(),
+                kms_socket.max_connections as usize,
+                Duration::from_millis(kms_socket.idle_timeout_ms),
+            ),
             async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
                 tracing::info!("shutting down: draining in-flight calls");
@@ -239,6 +252,52 @@ async fn check_batches(
     }
 }
 
+/// What about the files around the daemon lets other local users in: said
+/// at start, not refused (an operator may have reasons).
+pub fn permission_warnings(config: &Config) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut warnings = Vec::new();
+    // `/proc/self` belongs to the process's effective user.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if let Some(dir) = config.socket.parent()
+        && let Ok(meta) = std::fs::metadata(dir)
+        && meta.mode() & 0o002 != 0
+    {
+        warnings.push(format!(
+            "the socket's directory {dir:?} is writable by every user: one could put its own socket in kmsgate's place before a restart"
+        ));
+    }
+    if let Ok(mode) = config.socket_mode()
+        && mode & !0o660 != 0
+    {
+        warnings.push(format!(
+            "socket_mode {mode:04o} is wider than 0660: users beyond the daemon's user and group can call the KMS API"
+        ));
+    }
+    for provider in &config.providers {
+        for (name, secret) in &provider.secrets {
+            let Some(file) = &secret.file else { continue };
+            let Ok(meta) = std::fs::metadata(file) else {
+                continue;
+            };
+            if meta.mode() & 0o004 != 0 {
+                warnings.push(format!(
+                    "provider {}: secret {name}'s file {file:?} is readable by every user",
+                    provider.name
+                ));
+            }
+            if me.is_some_and(|me| meta.uid() != me && meta.uid() != 0) {
+                warnings.push(format!(
+                    "provider {}: secret {name}'s file {file:?} belongs to uid {}, another user, who can change it",
+                    provider.name,
+                    meta.uid()
+                ));
+            }
+        }
+    }
+    warnings
+}
+
 /// How long the retries of providers that could not load wait, at most.
 const MAX_LOAD_RETRY_WAIT: Duration = Duration::from_secs(30);
 
@@ -324,4 +383,44 @@ pub async fn run_floor(
         .serve_with_incoming_shutdown(UnixListenerStream::new(socket.take_listener()), shutdown)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn loose_permissions_are_pointed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "t").unwrap();
+        let text = |socket_mode: &str| {
+            format!(
+                "socket = {:?}\nsocket_mode = {socket_mode:?}\n[[providers]]\nname = \"p\"\ncomponent = \"p.wasm\"\n[providers.secrets]\ntoken = {{ file = {:?} }}\n",
+                dir.path().join("kms.sock"),
+                secret
+            )
+        };
+        let set_mode = |path: &std::path::Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set_mode(dir.path(), 0o700);
+        set_mode(&secret, 0o600);
+        let tight = Config::parse(&text("0600")).unwrap();
+        assert_eq!(permission_warnings(&tight), Vec::<String>::new());
+
+        set_mode(dir.path(), 0o777);
+        set_mode(&secret, 0o644);
+        let loose = Config::parse(&text("0666")).unwrap();
+        let warnings = permission_warnings(&loose).join("\n");
+        for expected in [
+            "writable by every user",
+            "wider than 0660",
+            "readable by every user",
+        ] {
+            assert!(warnings.contains(expected), "{expected}: {warnings}");
+        }
+    }
 }

@@ -330,10 +330,25 @@ impl Slot {
         if encrypted.key_id != key_id {
             return Err(contract(format!(
                 "encrypted with key id {:?}, asked for {key_id:?}",
-                encrypted.key_id
+                crate::sanitize::clean(&encrypted.key_id, crate::sanitize::MAX_DETAIL)
             )));
         }
-        limits::check_ciphertext(&encrypted.ciphertext).map_err(contract)?;
+        if let Err(why) = limits::check_ciphertext(&encrypted.ciphertext) {
+            // A provider whose overhead alone fits the limit is not at
+            // fault: the plaintext was too long for it.
+            let overhead = encrypted.ciphertext.len().saturating_sub(plaintext.len());
+            return Err(if overhead < limits::MAX_CIPHERTEXT_BYTES {
+                KmsError::InvalidRequest(format!(
+                    "a plaintext of {} bytes encrypts to {} bytes with provider {}, over the apiserver's limit of {}",
+                    plaintext.len(),
+                    encrypted.ciphertext.len(),
+                    self.name,
+                    limits::MAX_CIPHERTEXT_BYTES
+                ))
+            } else {
+                contract(why)
+            });
+        }
         limits::check_annotations(&encrypted.annotations).map_err(contract)?;
         self.record_sample(
             &key_id,
@@ -451,11 +466,17 @@ fn with_coalescer(mut serving: Serving, stats: &Arc<BatchStats>) -> Serving {
     serving
 }
 
-/// A provider's own key id must be non-empty and leave room for the prefix.
+/// A provider's own key id must be non-empty, printable (it is logged and
+/// sent to the apiserver) and leave room for the prefix.
 pub fn check_provider_key_id(provider: &str, key_id: &str) -> Result<(), ProviderError> {
     if key_id.is_empty() {
         return Err(ProviderError::Contract(
             "status reported an empty key id".into(),
+        ));
+    }
+    if key_id.chars().any(char::is_control) {
+        return Err(ProviderError::Contract(
+            "status reported a key id with control characters".into(),
         ));
     }
     limits::check_key_id(&crate::gateway::namespaced(provider, key_id))

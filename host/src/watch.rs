@@ -3,9 +3,12 @@
 //! Directories are watched, not files: an atomic replace (write a temporary
 //! file, rename it over the old one) gives the path a new inode, which a
 //! watch on the old file would never see. Events for paths outside
-//! [`Reloader::watched_files`] are ignored; a burst of events (an in-place
-//! write arrives in pieces) becomes one reload after the files have been
-//! quiet for `debounce`.
+//! [`Reloader::watched_files`] are ignored, and so are the daemon's own
+//! log writes when its stderr is a file in a watched directory (`main.rs`
+//! also keeps the watcher library's per-event trace lines out of the log,
+//! or every line would be an event and every event a line); a burst of
+//! events (an in-place write arrives in pieces) becomes one reload after
+//! the files have been quiet for `debounce`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -32,9 +35,13 @@ impl Drop for FileWatch {
 /// Starts watching the reloader's files.
 pub async fn spawn(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<FileWatch> {
     let (events_tx, mut events) = mpsc::unbounded_channel::<Vec<PathBuf>>();
+    // The daemon's own log, if it is a file: its writes are never a reason
+    // to wake up (and a log line per wake-up would feed itself).
+    let own_log = own_log_files();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && !matches!(event.kind, EventKind::Access(_))
+            && !(!event.paths.is_empty() && event.paths.iter().all(|path| own_log.contains(path)))
         {
             let _ = events_tx.send(event.paths);
         }
@@ -58,6 +65,15 @@ pub async fn spawn(reloader: Arc<Reloader>, debounce: Duration) -> notify::Resul
         }
     });
     Ok(FileWatch { task })
+}
+
+/// The files the daemon's stdout and stderr point at.
+fn own_log_files() -> Vec<PathBuf> {
+    ["/proc/self/fd/1", "/proc/self/fd/2"]
+        .iter()
+        .filter_map(|fd| std::fs::read_link(fd).ok())
+        .filter(|path| path.is_file())
+        .collect()
 }
 
 #[derive(Default)]

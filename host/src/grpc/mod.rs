@@ -46,9 +46,23 @@ fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
     })
 }
 
-/// Largest gRPC message accepted. KMS messages are a few KiB at most
-/// (ciphertext ≤ 1 KiB, annotations ≤ 32 KiB, plaintext ≤ 64 KiB).
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Largest gRPC message accepted. The largest valid KMS message is a v2
+/// Decrypt of about 34 KiB (ciphertext and key id ≤ 1 KiB each,
+/// annotations ≤ 32 KiB); the cap is higher so that a plaintext of up to
+/// 64 KiB (kmsgate's old limit) still reaches the checks and gets
+/// INVALID_ARGUMENT, not the gRPC layer's OUT_OF_RANGE. Every stream can
+/// buffer up to this much, so it is part of the memory bound
+/// (`docs/security.md`).
+pub const MAX_MESSAGE_BYTES: usize = 68 * 1024;
+
+/// HTTP/2 flow-control windows: a stream may send about a message's worth
+/// before the daemon reads it, a connection four times that.
+pub const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
+
+/// Largest header block accepted per request (gRPC metadata is a few
+/// hundred bytes).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Ends a KMS call: counts it in the metrics, logs a failure (with its gRPC
 /// code and the call's api, method, provider and uid, so the line stands on
@@ -75,7 +89,7 @@ pub(crate) fn conclude<T>(
     );
     result.map_err(|error| {
         span.in_scope(
-            || tracing::warn!(api, method, provider, uid, code = ?error.code(), "{error}"),
+            || tracing::warn!(api, method, provider, uid = %crate::sanitize::Escaped(uid), code = ?error.code(), "{error}"),
         );
         error.into()
     })

@@ -16,6 +16,7 @@ use crate::proto::v1beta1::{
     DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, VersionRequest,
     VersionResponse,
 };
+use crate::sanitize::Escaped;
 use crate::secret::Plaintext;
 
 /// `v1beta1.KeyManagementService` (deprecated in Kubernetes; served for
@@ -125,7 +126,8 @@ impl KeyManagementService for V1beta1Service {
             .map(|(key_id, _)| *key_id)
             .unwrap_or_default();
         let provider = self.gateway.provider_of(key_id).unwrap_or_default();
-        let span = tracing::debug_span!("decrypt", api = "v1beta1", %provider, %key_id);
+        let span =
+            tracing::debug_span!("decrypt", api = "v1beta1", %provider, key_id = %Escaped(key_id));
         let result = match opened {
             Ok((key_id, ciphertext)) => {
                 self.gateway

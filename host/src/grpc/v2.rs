@@ -13,6 +13,7 @@ use crate::proto::v2::key_management_service_server::{
 use crate::proto::v2::{
     DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, StatusRequest, StatusResponse,
 };
+use crate::sanitize::Escaped;
 use crate::secret::Plaintext;
 
 /// `v2.KeyManagementService`.
@@ -56,8 +57,7 @@ impl KeyManagementService for V2Service {
         let EncryptRequest { plaintext, uid } = request.into_inner();
         let plaintext = Plaintext::new(plaintext);
         let provider = self.gateway.primary().name().to_string();
-        let span =
-            tracing::debug_span!("encrypt", api = "v2", %uid, %provider, bytes = plaintext.len());
+        let span = tracing::debug_span!("encrypt", api = "v2", uid = %Escaped(&uid), %provider, bytes = plaintext.len());
         let result = self
             .gateway
             .encrypt(&uid, &plaintext, deadline)
@@ -95,7 +95,7 @@ impl KeyManagementService for V2Service {
             annotations,
         } = request.into_inner();
         let provider = self.gateway.provider_of(&key_id).unwrap_or_default();
-        let span = tracing::debug_span!("decrypt", api = "v2", %uid, %provider, %key_id);
+        let span = tracing::debug_span!("decrypt", api = "v2", uid = %Escaped(&uid), %provider, key_id = %Escaped(&key_id));
         let annotations = to_annotations(annotations);
         let result = self
             .gateway

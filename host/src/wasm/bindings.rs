@@ -5,6 +5,7 @@ use crate::error::ProviderError;
 use crate::kms::{Encrypted, ProviderStatus};
 use crate::limits::Annotations;
 use crate::outbound::{Method, OutboundError, OutboundRequest, OutboundResponse};
+use crate::sanitize;
 
 // The larger world: it includes `provider` and adds the optional
 // `kms-batch` export. Exports are looked up one interface at a time
@@ -24,26 +25,32 @@ pub use self::exports::kmsgate::provider::{kms, kms_batch};
 pub use self::kmsgate::provider::outbound_http as http;
 pub use self::kmsgate::provider::types::{Annotation, KmsError};
 
+/// Provider-supplied strings enter the host here, and only here: each is
+/// cut and cleaned ([`sanitize`]) before it can reach a log line, Status,
+/// the admin view or the apiserver.
 impl From<KmsError> for ProviderError {
     fn from(error: KmsError) -> Self {
+        let clean = |message: String| sanitize::clean(&message, sanitize::MAX_MESSAGE);
         match error {
-            KmsError::InvalidArgument(m) => ProviderError::InvalidArgument(m),
-            KmsError::InvalidCiphertext(m) => ProviderError::InvalidCiphertext(m),
-            KmsError::UnknownKey(m) => ProviderError::UnknownKey(m),
-            KmsError::PermissionDenied(m) => ProviderError::PermissionDenied(m),
-            KmsError::Unavailable(m) => ProviderError::Unavailable(m),
-            KmsError::InvalidConfig(m) => ProviderError::InvalidConfig(m),
-            KmsError::Internal(m) => ProviderError::Internal(m),
+            KmsError::InvalidArgument(m) => ProviderError::InvalidArgument(clean(m)),
+            KmsError::InvalidCiphertext(m) => ProviderError::InvalidCiphertext(clean(m)),
+            KmsError::UnknownKey(m) => ProviderError::UnknownKey(clean(m)),
+            KmsError::PermissionDenied(m) => ProviderError::PermissionDenied(clean(m)),
+            KmsError::Unavailable(m) => ProviderError::Unavailable(clean(m)),
+            KmsError::InvalidConfig(m) => ProviderError::InvalidConfig(clean(m)),
+            KmsError::Internal(m) => ProviderError::Internal(clean(m)),
         }
     }
 }
 
 impl From<kms::StatusInfo> for ProviderStatus {
+    /// The key id is checked, not cleaned (`slot::check_provider_key_id`):
+    /// changing it would change what the apiserver stores.
     fn from(info: kms::StatusInfo) -> Self {
         ProviderStatus {
             key_id: info.key_id,
             healthy: info.healthy,
-            detail: info.detail,
+            detail: sanitize::clean(&info.detail, sanitize::MAX_DETAIL),
         }
     }
 }
@@ -67,7 +74,8 @@ fn annotations_from_wit(list: Vec<Annotation>) -> Result<Annotations, ProviderEr
     for Annotation { key, value } in list {
         if map.contains_key(&key) {
             return Err(ProviderError::Contract(format!(
-                "annotation {key:?} appears twice"
+                "annotation {:?} appears twice",
+                sanitize::clean(&key, sanitize::MAX_DETAIL)
             )));
         }
         map.insert(key, value);

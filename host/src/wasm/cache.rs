@@ -5,18 +5,31 @@
 //! Optionally also on disk (`compile_cache_dir`), so a restart does not
 //! compile again either. Loading compiled code from disk trusts the
 //! directory as much as the kmsgate binary: whoever can write there can run
-//! code in the daemon. So the directory is used only if it belongs to the
-//! daemon's user and nobody else can write to it, files are written 0600
-//! (to a temporary name, then renamed), and a file is named by the
-//! component's SHA-256 *and* the engine's compatibility hash, so another
-//! wasmtime version or configuration never reads it.
+//! code in the daemon. So:
+//! - the directory is used only if it belongs to the daemon's user and
+//!   nobody else can write to it, nor to any directory above it (root's
+//!   sticky `/tmp` aside) — checked again at every use, not only at start;
+//! - files are written 0600 (to a temporary name, then renamed) and named
+//!   by the component's SHA-256 *and* the engine's compatibility hash, so
+//!   another wasmtime version or configuration never reads it;
+//! - a file starts with the SHA-256 of the component it was compiled from
+//!   and of the compiled code; both are checked against the bytes actually
+//!   loaded (read once, then checked, then loaded), so what runs is bound
+//!   to the component that passed its `sha256` pin, and a file swapped in
+//!   for another component's, or damaged, is refused.
 
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+/// Starts every compiled file kmsgate writes; then the component's and the
+/// code's SHA-256.
+const MAGIC: &[u8; 8] = b"KMSGATE\x01";
+const HEADER_LEN: usize = MAGIC.len() + 32 + 32;
 
 /// How many compiled components stay cached.
 const CAPACITY: usize = 8;
@@ -68,7 +81,16 @@ impl CompileCache {
             return Ok((component, Source::Memory));
         }
         let engine = engine.clone();
-        let file = self.disk.as_ref().map(|dir| {
+        // Trust is checked at every use: a directory (or one above it)
+        // whose owner or mode changed since start is not used.
+        let disk = self.disk.as_ref().filter(|dir| match trusted(dir) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(dir = ?dir, "not using the compile cache directory any more: {why}");
+                false
+            }
+        });
+        let file = disk.map(|dir| {
             let engine_hash = {
                 use std::hash::{Hash, Hasher};
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -77,17 +99,18 @@ impl CompileCache {
             };
             dir.join(format!("{sha256}-{engine_hash:016x}.cwasm"))
         });
+        let source_digest: [u8; 32] = Sha256::digest(&bytes).into();
         let (component, source) = tokio::task::spawn_blocking(move || -> Result<_, String> {
             if let Some(component) = file
                 .as_deref()
-                .and_then(|file| read_compiled(&engine, file))
+                .and_then(|file| read_compiled(&engine, file, &source_digest))
             {
                 return Ok((component, Source::Disk));
             }
             let component = Component::new(&engine, &bytes)
                 .map_err(|e| format!("not a valid component: {e}"))?;
             if let Some(file) = &file {
-                write_compiled(&component, file);
+                write_compiled(&component, file, &source_digest);
             }
             Ok((component, Source::Compiled))
         })
@@ -112,20 +135,28 @@ impl CompileCache {
     }
 }
 
-/// Whether `dir` may hold code the daemon will run: a directory owned by
-/// the daemon's user that no one else can write to. Created (0700) if
-/// missing.
+/// Whether `dir` may hold code the daemon will run (see [`trusted`]).
+/// Created (0700) if missing.
 fn trusted_dir(dir: &Path) -> Result<(), String> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating it: {e}"))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("setting its mode: {e}"))?;
     }
-    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    trusted(dir)
+}
+
+/// A directory owned by the daemon's user that no one else can write to,
+/// below directories no one but root or the daemon's user can change (a
+/// root-owned sticky directory, such as `/tmp`, is fine: others cannot
+/// rename what they do not own in it).
+fn trusted(dir: &Path) -> Result<(), String> {
     // `/proc/self` belongs to the process's effective user.
     let me = std::fs::metadata("/proc/self")
         .map_err(|e| format!("finding the daemon's user: {e}"))?
         .uid();
+    let dir = dir.canonicalize().map_err(|e| e.to_string())?;
+    let meta = std::fs::metadata(&dir).map_err(|e| e.to_string())?;
     if !meta.is_dir() {
         return Err("not a directory".into());
     }
@@ -141,37 +172,68 @@ fn trusted_dir(dir: &Path) -> Result<(), String> {
             meta.mode() & 0o777
         ));
     }
+    for parent in dir.ancestors().skip(1) {
+        let meta = std::fs::metadata(parent).map_err(|e| format!("{parent:?}: {e}"))?;
+        let owner_ok = meta.uid() == 0 || meta.uid() == me;
+        let sticky_root = meta.uid() == 0 && meta.mode() & 0o1000 != 0;
+        if !owner_ok || (meta.mode() & 0o022 != 0 && !sticky_root) {
+            return Err(format!(
+                "{parent:?} (uid {}, mode {:o}) lets another user replace what is below it",
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
     Ok(())
 }
 
-/// A compiled component from `file`, if there is a usable one. A file that
-/// does not load (truncated, another build) is removed and recompiled.
-fn read_compiled(engine: &Engine, file: &Path) -> Option<Component> {
-    if !file.exists() {
-        return None;
+/// A compiled component from `file`, if there is a usable one compiled
+/// from the component with SHA-256 `source`. A file that does not check
+/// out or load (another component's, truncated, another build) is removed
+/// and recompiled.
+fn read_compiled(engine: &Engine, file: &Path, source: &[u8; 32]) -> Option<Component> {
+    let bytes = std::fs::read(file).ok()?;
+    let refuse = |why: String| {
+        tracing::warn!(file = ?file, "dropping an unusable compiled component: {why}");
+        let _ = std::fs::remove_file(file);
+        None
+    };
+    let Some((header, code)) = bytes.split_at_checked(HEADER_LEN) else {
+        return refuse("too short".into());
+    };
+    if &header[..MAGIC.len()] != MAGIC {
+        return refuse("not written by this kmsgate".into());
     }
-    // SAFETY: `deserialize_file` runs the file's machine code. The file is
-    // ours: it sits in a directory only the daemon's user can write
-    // (`trusted_dir`), was written by `write_compiled` from a component we
-    // compiled, and its name pins the source's SHA-256 and this engine's
-    // compatibility hash. wasmtime also checks its header and version.
+    if header[MAGIC.len()..MAGIC.len() + 32] != source[..] {
+        return refuse("compiled from another component".into());
+    }
+    if header[MAGIC.len() + 32..] != Sha256::digest(code)[..] {
+        return refuse("its code does not match its digest".into());
+    }
+    // SAFETY: `deserialize` runs these bytes as machine code. They are
+    // ours: read from a directory only the daemon's user can write
+    // (`trusted`, checked just before), written by `write_compiled` from
+    // the component whose digest (the one its pin was checked against)
+    // heads the file, and the code's digest was checked above on the very
+    // bytes loaded here. wasmtime also checks its header and version.
     #[allow(unsafe_code)]
-    let loaded = unsafe { Component::deserialize_file(engine, file) };
+    let loaded = unsafe { Component::deserialize(engine, code) };
     match loaded {
         Ok(component) => Some(component),
-        Err(error) => {
-            tracing::warn!(file = ?file, "dropping an unusable compiled component: {error}");
-            let _ = std::fs::remove_file(file);
-            None
-        }
+        Err(error) => refuse(error.to_string()),
     }
 }
 
 /// Writes `component` to `file` (0600, via a temporary name), or logs why
 /// not: the disk cache only saves time, so failing to fill it is no error.
-fn write_compiled(component: &Component, file: &Path) {
+fn write_compiled(component: &Component, file: &Path, source: &[u8; 32]) {
     let write = || -> std::io::Result<()> {
-        let bytes = component.serialize().map_err(std::io::Error::other)?;
+        let code = component.serialize().map_err(std::io::Error::other)?;
+        let mut bytes = Vec::with_capacity(HEADER_LEN + code.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(source);
+        bytes.extend_from_slice(&Sha256::digest(&code));
+        bytes.extend_from_slice(&code);
         let temporary = file.with_extension(format!("tmp{}", std::process::id()));
         let mut out = std::fs::OpenOptions::new()
             .write(true)

@@ -169,20 +169,37 @@ pub struct Prepared {
     origin: Origin,
     settings: Vec<(String, String)>,
     secrets: std::collections::HashMap<String, Secret>,
+    tls: crate::outbound::TlsFiles,
 }
 
 impl Prepared {
-    /// Reads the component (checking its pin) and resolves settings and
-    /// secrets.
+    /// [`Prepared::read`] on the blocking pool, bounded in time (see
+    /// [`crate::files`]).
+    pub async fn read_off_runtime(config: &ProviderConfig) -> Result<Prepared, LoadError> {
+        let owned = config.clone();
+        crate::files::off_runtime(&format!("provider {}", config.name), move || {
+            Prepared::read(&owned)
+        })
+        .await
+        // Timed out: the files may be readable later.
+        .map_err(|why| LoadError::retryable(config, why))?
+    }
+
+    /// Reads the component (checking its pin), resolves settings and
+    /// secrets, and reads the TLS files. Blocking: see
+    /// [`Prepared::read_off_runtime`].
     pub fn read(config: &ProviderConfig) -> Result<Prepared, LoadError> {
         let fail = |reason: String| LoadError::fatal(config, reason);
-        let bytes = std::fs::read(&config.component).map_err(|e| fail(format!("reading: {e}")))?;
+        let bytes = crate::files::read_bounded(&config.component, crate::files::MAX_COMPONENT)
+            .map_err(fail)?;
         let sha256 = crate::integrity::verify(config.sha256.as_deref(), &bytes).map_err(fail)?;
         // A setting or secret file may appear or be fixed later (a token
         // written by an agent): worth retrying.
         let retry = |e: crate::config::ConfigError| LoadError::retryable(config, e.to_string());
         let settings = config.resolve_settings().map_err(retry)?;
         let secrets = config.resolve_secrets().map_err(retry)?;
+        let tls = crate::outbound::TlsFiles::read(&config.outbound)
+            .map_err(|reason| LoadError::retryable(config, reason))?;
 
         // Everything that, if changed, makes this a different provider.
         let mut hasher = Sha256::new();
@@ -207,6 +224,7 @@ impl Prepared {
             origin,
             settings,
             secrets,
+            tls,
         })
     }
 
@@ -288,7 +306,7 @@ impl WasmProvider {
         runtime: &Runtime,
         config: &ProviderConfig,
     ) -> Result<WasmProvider, LoadError> {
-        WasmProvider::build(runtime, config, Prepared::read(config)?).await
+        WasmProvider::build(runtime, config, Prepared::read_off_runtime(config).await?).await
     }
 
     /// Compiles (or takes from the cache), links and inits `prepared`.
@@ -304,6 +322,7 @@ impl WasmProvider {
             origin,
             settings,
             secrets,
+            tls,
         } = prepared;
         let (component, source) = runtime
             .cache
@@ -325,9 +344,15 @@ impl WasmProvider {
             max_in_flight: batch.max_in_flight as usize,
             max_queued: batch.max_queued as usize,
         });
-        let outbound = OutboundSettings::from_config(&config.outbound, secrets)
-            .and_then(OutboundClient::new)
-            .map_err(retry)?;
+        let outbound = OutboundSettings::from_config(
+            &config.name,
+            &config.outbound,
+            &config.secrets,
+            secrets,
+            tls,
+        )
+        .and_then(OutboundClient::new)
+        .map_err(retry)?;
         let limits = &config.limits;
         let provider = WasmProvider {
             name: config.name.clone(),
@@ -525,7 +550,12 @@ impl WasmProvider {
                 ProviderError::CpuBudgetExceeded(self.cpu_budget.as_millis() as u64)
             }
             Some(trap) => ProviderError::Trapped(trap.to_string()),
-            None => ProviderError::Trapped(error.to_string()),
+            // The message can carry names from the component's own name
+            // section: provider-supplied text.
+            None => ProviderError::Trapped(crate::sanitize::clean(
+                &error.to_string(),
+                crate::sanitize::MAX_MESSAGE,
+            )),
         }
     }
 

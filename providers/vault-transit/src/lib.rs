@@ -240,9 +240,14 @@ fn http_error(settings: &Settings, action: Action, error: HttpError) -> KmsError
         settings.key, settings.address
     );
     match error {
-        HttpError::Denied(reason) => KmsError::PermissionDenied(format!(
-            "{what}: the host denied the request ({reason}); add the address to the provider's allowed_hosts"
-        )),
+        HttpError::Denied(reason) if reason.contains("allowed_hosts") => {
+            KmsError::PermissionDenied(format!(
+                "{what}: the host denied the request ({reason}); add the address to the provider's allowed_hosts"
+            ))
+        }
+        HttpError::Denied(reason) => {
+            KmsError::PermissionDenied(format!("{what}: the host denied the request ({reason})"))
+        }
         HttpError::UnknownSecret(name) => KmsError::InvalidConfig(format!(
             "{what}: secret `{name}` is not configured for this provider; it must hold the Vault token"
         )),
@@ -291,7 +296,10 @@ mod tests {
         let s = settings();
         let map = |e| http_error(&s, Action::Encrypt, e);
         assert!(
-            matches!(map(HttpError::Denied("not allowed".into())), KmsError::PermissionDenied(m) if m.contains("allowed_hosts"))
+            matches!(map(HttpError::Denied("http://x:1 is not in the provider's allowed_hosts".into())), KmsError::PermissionDenied(m) if m.contains("add the address"))
+        );
+        assert!(
+            matches!(map(HttpError::Denied("the host withheld the response".into())), KmsError::PermissionDenied(m) if !m.contains("add the address"))
         );
         assert!(
             matches!(map(HttpError::UnknownSecret("token".into())), KmsError::InvalidConfig(m) if m.contains("`token`"))

@@ -91,6 +91,14 @@ impl ProviderSpec {
         self
     }
 
+    /// A setting read from `file` when the provider loads.
+    pub fn file_setting(mut self, key: &str, file: &Path) -> Self {
+        let mut source = Table::new();
+        source.insert("file".into(), file.display().to_string().into());
+        self.settings.insert(key.into(), Value::Table(source));
+        self
+    }
+
     pub fn secret(mut self, name: &str, value: &str) -> Self {
         self.secrets.push((name.into(), value.into()));
         self
@@ -170,6 +178,14 @@ pub struct TestGateway {
     /// Port of the admin HTTP server; none: off.
     admin_port: Option<u16>,
     compile_cache_dir: Option<PathBuf>,
+    /// Extra keys of `[kms_socket]` and `[admin]`, and top-level ones.
+    kms_socket: Table,
+    admin: Table,
+    top: Table,
+    /// `RLIMIT_NOFILE` of a daemon started as a process.
+    fd_limit: Option<u32>,
+    /// Human log lines instead of JSON, for a daemon started as a process.
+    human_logs: bool,
 }
 
 impl Default for TestGateway {
@@ -188,6 +204,11 @@ impl TestGateway {
             reload_debounce_ms: 100,
             admin_port: None,
             compile_cache_dir: None,
+            kms_socket: Table::new(),
+            admin: Table::new(),
+            top: Table::new(),
+            fd_limit: None,
+            human_logs: false,
         }
     }
 
@@ -218,6 +239,37 @@ impl TestGateway {
     /// Keeps compiled components in `dir` between starts.
     pub fn compile_cache_dir(mut self, dir: &Path) -> Self {
         self.compile_cache_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// Sets one `[kms_socket]` key (`max_connections`, `max_streams`,
+    /// `idle_timeout_ms`, `request_timeout_ms`).
+    pub fn kms_socket(mut self, key: &str, value: i64) -> Self {
+        self.kms_socket.insert(key.into(), Value::Integer(value));
+        self
+    }
+
+    /// Sets one `[admin]` key (`max_connections`, `header_timeout_ms`).
+    pub fn admin(mut self, key: &str, value: i64) -> Self {
+        self.admin.insert(key.into(), Value::Integer(value));
+        self
+    }
+
+    /// Sets one top-level key (`memory_budget_mib`, ...).
+    pub fn top(mut self, key: &str, value: i64) -> Self {
+        self.top.insert(key.into(), Value::Integer(value));
+        self
+    }
+
+    /// Logs in the human format (a daemon started as a process).
+    pub fn human_logs(mut self) -> Self {
+        self.human_logs = true;
+        self
+    }
+
+    /// Runs the daemon process with at most `limit` open files.
+    pub fn fd_limit(mut self, limit: u32) -> Self {
+        self.fd_limit = Some(limit);
         self
     }
 
@@ -268,7 +320,9 @@ impl TestGateway {
                 cache.display().to_string().into(),
             );
         }
-        let mut admin = Table::new();
+        root.extend(self.top.clone());
+        root.insert("kms_socket".into(), Value::Table(self.kms_socket.clone()));
+        let mut admin = self.admin.clone();
         admin.insert("enabled".into(), Value::Boolean(self.admin_port.is_some()));
         if let Some(port) = self.admin_port {
             admin.insert("listen".into(), format!("127.0.0.1:{port}").into());
@@ -320,8 +374,20 @@ impl TestGateway {
         let (dir, path) = self.write_config();
         let log_path = dir.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).expect("creating the log file");
-        let child = Command::new(daemon_binary())
-            .args(["--log-format", "json", "serve", "--config"])
+        let mut command = match self.fd_limit {
+            Some(limit) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(daemon_binary());
+                prlimit
+            }
+            None => Command::new(daemon_binary()),
+        };
+        let format = if self.human_logs { "human" } else { "json" };
+        let child = command
+            .args(["--log-format", format, "serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", log_filter)
             .stdout(Stdio::null())
@@ -448,6 +514,11 @@ impl DaemonProcess {
             .status()
             .expect("running kill");
         assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The daemon's exit status, if it has exited.

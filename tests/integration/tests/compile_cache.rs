@@ -78,3 +78,89 @@ async fn a_directory_others_can_write_is_not_used() {
     serve_once(&cache).await;
     assert_eq!(compiled_files(&cache), Vec::<PathBuf>::new());
 }
+
+/// `cache`'s one compiled file, its name split at the component digest.
+fn only_file(cache: &Path) -> (PathBuf, String) {
+    let file = compiled_files(cache).remove(0);
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    let (_, engine) = name.split_once('-').unwrap();
+    (file, engine.to_string())
+}
+
+#[tokio::test]
+async fn a_compiled_file_of_another_component_is_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    serve_once(&cache).await;
+    let (local_aes_file, engine) = only_file(&cache);
+
+    // Someone puts local-aes's compiled code where the `trapping` fixture's
+    // would be.
+    let trapping = kmsgate_integration::component("fixture_trapping");
+    let digest = kmsgate::integrity::sha256_hex(&std::fs::read(&trapping).unwrap());
+    let planted = cache.join(format!("{digest}-{engine}"));
+    std::fs::copy(&local_aes_file, &planted).unwrap();
+
+    let running = TestGateway::new()
+        .with_provider(ProviderSpec::new("trapping", "fixture_trapping"))
+        .compile_cache_dir(&cache)
+        .start()
+        .await;
+    let mut client = running.v2().await;
+    // The fixture's own code serves (local-aes would answer "k1").
+    let status = kmsgate_integration::requests::status(&mut client).await;
+    assert_eq!(status.key_id, "trapping/t1");
+    running.stop().await.unwrap();
+    assert_ne!(
+        std::fs::read(&planted).unwrap(),
+        std::fs::read(&local_aes_file).unwrap(),
+        "the planted file was replaced by a fresh compile"
+    );
+}
+
+#[tokio::test]
+async fn a_cache_below_a_directory_others_can_write_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cache = open.join("cache");
+
+    serve_once(&cache).await;
+    assert_eq!(compiled_files(&cache), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn trust_is_checked_again_at_every_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let component = dir.path().join("provider.wasm");
+    std::fs::write(
+        &component,
+        kmsgate_integration::component_version("local_aes", 1),
+    )
+    .unwrap();
+    let running = TestGateway::new()
+        .with_provider(ProviderSpec::local_aes("local", "k1", 1).component_path(&component))
+        .compile_cache_dir(&cache)
+        .start()
+        .await;
+    kmsgate_integration::requests::status(&mut running.v2().await).await;
+    assert_eq!(compiled_files(&cache).len(), 1);
+
+    // The directory turns writable for everyone while the daemon runs: a
+    // reload that compiles must not use it.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    kmsgate_integration::write_atomically(
+        &component,
+        &kmsgate_integration::component_version("local_aes", 2),
+    );
+    let report = running.reload().await;
+    assert_eq!(report.swapped, ["local"], "{report:?}");
+    assert_eq!(
+        compiled_files(&cache).len(),
+        1,
+        "written to an untrusted directory"
+    );
+    running.stop().await.unwrap();
+}

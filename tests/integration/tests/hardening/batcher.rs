@@ -42,10 +42,18 @@ async fn decrypts_whose_callers_gave_up_are_not_sent_when_the_backend_returns() 
     // Let anything still queued drain to the backend.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sent = proxy.ciphertexts() - before;
-    // Only the batch that was already on the wire when the backend froze.
-    assert!(sent <= 8, "{sent} abandoned decrypts reached the backend");
+    // Only batches that left while their callers still waited: the first,
+    // and the few taken before the last deadlines of the storm passed
+    // (its callers started a few milliseconds apart). Without the fix,
+    // all 200.
+    assert!(sent <= 24, "{sent} decrypts reached the backend");
+    // The rest were dropped from the queue unsent, or failed at once once
+    // the breaker knew the backend was down.
     let view = gateway.provider("vault").await;
-    assert!(view.decrypts_abandoned >= 190, "{view:?}");
+    assert!(
+        view.decrypts_abandoned + view.fast_failures >= 176,
+        "{view:?}"
+    );
 }
 
 #[tokio::test]

@@ -54,7 +54,7 @@ async fn a_slow_backend_does_not_use_up_the_cpu_budget() {
 async fn a_guest_looping_on_host_calls_stops_at_its_cpu_budget() {
     let looping = ProviderSpec::new("looping", "fixture_looping")
         .limit("cpu_ms", 300)
-        .limit("call_timeout_ms", 30_000);
+        .limit("call_timeout_ms", 20_000);
     let gateway = TestGateway::new()
         .with_provider(ProviderSpec::local_aes("good", "k1", 1))
         .with_provider(looping)
@@ -75,7 +75,7 @@ async fn a_guest_looping_on_host_calls_stops_at_its_cpu_budget() {
         "{}",
         status.message()
     );
-    // Far from the 30 s wall-clock limit; the margin is for a loaded CI.
+    // Far from the 20 s wall-clock limit; the margin is for a loaded CI.
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",

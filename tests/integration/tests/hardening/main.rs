@@ -9,10 +9,18 @@
 //! - [`deadlines`] — the caller's deadline bounds a call; a down backend fails fast.
 //! - [`batcher`] — abandoned decrypts are not replayed; the queue is bounded.
 //! - [`startup`] — a provider that cannot load does not stop the daemon.
+//! - [`credentials`] — a provider cannot get its credentials back.
+//! - [`memory`] — memory stays bounded: quotas, cut strings, stream limits.
+//! - [`connections`] — each listener has its own connection budget and timeouts.
+//! - [`misc`] — input that cannot fit, FIFOs, the log feeding itself, escaping, origins.
 
 mod batcher;
+mod connections;
 mod cpu;
+mod credentials;
 mod deadlines;
+mod memory;
+mod misc;
 mod pools;
 mod startup;
 

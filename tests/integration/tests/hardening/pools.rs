@@ -24,6 +24,9 @@ async fn a_slow_provider_cannot_starve_the_primary() {
         .start()
         .await;
     let mut client = gateway.v2().await;
+    // The connection is up and the server's stream limit known before the
+    // flood (grpc-go, like the apiserver, queues streams beyond it).
+    client.status(v2::StatusRequest {}).await.unwrap();
 
     // More decrypts for the slow provider than the whole daemon has
     // instances (256), all at once.
