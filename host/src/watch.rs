@@ -41,7 +41,7 @@ pub async fn spawn(reloader: Arc<Reloader>, debounce: Duration) -> notify::Resul
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && !matches!(event.kind, EventKind::Access(_))
-            && !(!event.paths.is_empty() && event.paths.iter().all(|path| own_log.contains(path)))
+            && (event.paths.is_empty() || !event.paths.iter().all(|path| own_log.contains(path)))
         {
             let _ = events_tx.send(event.paths);
         }
