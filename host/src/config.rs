@@ -1,4 +1,5 @@
-//! The daemon's configuration: one TOML file, read once at start.
+//! The daemon's configuration: one TOML file, read at start and again at
+//! every reload.
 //!
 //! Every struct rejects unknown fields, so a typo is an error rather than a
 //! silently ignored setting. `examples/kmsgate.toml` documents every key and
@@ -371,11 +372,14 @@ pub struct LimitsConfig {
     /// Cap on all linear memory of one provider instance, in MiB. Default 64.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
-    /// CPU budget of one call inside the sandbox (time spent in host calls,
-    /// such as outbound HTTP, does not count), in milliseconds. Default 1000.
+    /// CPU budget of one call, in milliseconds: the time it runs, in the
+    /// guest or in the host on its behalf (clock reads, copying a response
+    /// into guest memory), not the time it waits (on the backend, a timer).
+    /// Default 1000.
     #[serde(default = "default_cpu_ms")]
     pub cpu_ms: u64,
-    /// Wall-clock limit of one call, host calls included, in milliseconds.
+    /// Wall-clock limit of one call, its wait for an instance and host
+    /// calls included, in milliseconds; the caller's deadline when sooner.
     /// Must exceed `outbound.timeout_ms`. Default 5000.
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,

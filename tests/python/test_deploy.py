@@ -54,3 +54,37 @@ def test_systemd_unit_reloads_with_sighup_and_owns_the_socket_directory():
     assert "CacheDirectory=kmsgate" in unit
     assert Path(config["compile_cache_dir"]).parent == Path("/var/cache/kmsgate")
     assert "--config /etc/kmsgate/kmsgate.toml" in unit
+
+
+def _mib(quantity):
+    assert quantity.endswith("Mi"), quantity
+    return int(quantity[:-2])
+
+
+def test_the_stated_worst_case_fits_the_static_pods_memory_limit():
+    """docs/security.md's formula, applied to the deployment config."""
+    config = tomllib.loads((REPO / "deploy/kmsgate.toml").read_text())
+    pod = _load_yaml("deploy/static-pod.yaml")
+    (container,) = pod["spec"]["containers"]
+    limit = _mib(container["resources"]["limits"]["memory"])
+    process = 30
+    total = process
+    guest = 0
+    for provider in config["providers"]:
+        limits = provider.get("limits", {})
+        concurrent = limits.get("max_concurrent_calls", 16)
+        memory = limits.get("memory_mib", 64)
+        response = provider.get("outbound", {}).get("max_response_bytes", 1 << 20) / (1 << 20)
+        guest += (concurrent + 2) * memory
+        total += (concurrent + 2) * memory + concurrent * memory + concurrent * response
+    socket = config.get("kms_socket", {})
+    total += socket.get("max_connections", 16) * socket.get("max_streams", 64) * 84 / 1024
+    total += config["admin"].get("max_connections", 64) * 16 / 1024
+    assert guest <= config.get("memory_budget_mib", 4096)
+    assert total <= limit, f"worst case {total:.0f} MiB over the pod's {limit} MiB"
+
+
+def test_systemd_unit_leaves_room_for_every_connection_cap():
+    unit = (REPO / "deploy/kmsgate.service").read_text()
+    (line,) = [line for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    assert int(line.split("=")[1]) >= 16 + 64 + 1024
