@@ -16,7 +16,8 @@
 //! opens cannot reach the port through DNS rebinding; `POST /reload` from
 //! another origin (a browser's cross-site form) is refused. Connections are
 //! bounded as `connections.rs` describes: one request each, a header
-//! timeout, and at most `max_connections`, the oldest closed first.
+//! timeout, and at most `max_connections`, the oldest that has not sent a
+//! request closed first.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -96,10 +97,22 @@ struct Limits {
 
 type Service = TowerToHyperService<Router>;
 
-/// Accepts within the connection cap, closing the oldest connection to
-/// make room for a new one.
+/// An open admin connection.
+struct Live {
+    id: u64,
+    task: AbortHandle,
+    /// Set once its request head has arrived: it is being served.
+    busy: Arc<AtomicBool>,
+}
+
+type Connections = Arc<Mutex<VecDeque<Live>>>;
+
+/// Accepts within the connection cap. To make room for a new connection it
+/// closes the oldest one that has not sent its request yet (a flood of idle
+/// connections goes first, never a probe being answered), or else the
+/// oldest.
 async fn accept_loop(listener: TcpListener, service: Service, limits: Limits) {
-    let live: Arc<Mutex<VecDeque<(u64, AbortHandle)>>> = Arc::default();
+    let live: Connections = Arc::default();
     let evicted = LogLimit::default();
     let failed = LogLimit::default();
     let mut next_id = 0u64;
@@ -117,18 +130,22 @@ async fn accept_loop(listener: TcpListener, service: Service, limits: Limits) {
         let id = next_id;
         next_id += 1;
         let mut connections = live.lock().expect("admin connections lock");
-        if connections.len() >= limits.max_connections
-            && let Some((_, oldest)) = connections.pop_front()
-        {
-            oldest.abort();
+        if connections.len() >= limits.max_connections {
+            let idle = connections
+                .iter()
+                .position(|connection| !connection.busy.load(Ordering::Relaxed));
+            if let Some(evicted) = connections.remove(idle.unwrap_or(0)) {
+                evicted.task.abort();
+            }
             if let Some(skipped) = evicted.take() {
                 tracing::warn!(
                     max_connections = limits.max_connections,
                     skipped,
-                    "admin connection cap reached: closing the oldest connections (admin.max_connections)"
+                    "admin connection cap reached: closing connections that sent no request, oldest first (admin.max_connections)"
                 );
             }
         }
+        let busy = Arc::new(AtomicBool::new(false));
         // Spawned under the lock, so the task cannot remove itself before
         // it is listed.
         let task = tokio::spawn(serve_connection(
@@ -137,8 +154,13 @@ async fn accept_loop(listener: TcpListener, service: Service, limits: Limits) {
             limits,
             live.clone(),
             id,
+            busy.clone(),
         ));
-        connections.push_back((id, task.abort_handle()));
+        connections.push_back(Live {
+            id,
+            task: task.abort_handle(),
+            busy,
+        });
     }
 }
 
@@ -146,9 +168,14 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     service: Service,
     limits: Limits,
-    live: Arc<Mutex<VecDeque<(u64, AbortHandle)>>>,
+    live: Connections,
     id: u64,
+    busy: Arc<AtomicBool>,
 ) {
+    let service = hyper::service::service_fn(move |request| {
+        busy.store(true, Ordering::Relaxed);
+        hyper::service::Service::call(&service, request)
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -158,7 +185,7 @@ async fn serve_connection(
     let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
     live.lock()
         .expect("admin connections lock")
-        .retain(|(other, _)| *other != id);
+        .retain(|connection| connection.id != id);
 }
 
 /// Refuses requests a browser could have been tricked into sending: on a

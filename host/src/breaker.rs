@@ -9,10 +9,13 @@
 //!   [`MAX_COOLDOWN`] while the backend stays down) the next call goes
 //!   through as a probe.
 //! - **Probing**: one call is out to see whether the backend is back; the
-//!   others fail at once. Any answer from the backend (even an error about
-//!   the request) closes the breaker; unavailability opens it again.
+//!   others fail at once. A call that succeeds closes the breaker;
+//!   unavailability opens it again; any other failure (a timeout on the
+//!   caller's deadline, a bad ciphertext, a full queue) says nothing about
+//!   the backend, and the next call after the cool-down probes again.
 //!
-//! The status refresher also probes: a healthy status closes the breaker.
+//! The status refresher also probes: a status answer closes the breaker,
+//! unavailability opens it.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +77,17 @@ impl Default for Breaker {
     }
 }
 
+/// What a call learned about the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// It answered.
+    Up,
+    /// It could not be reached, or did not answer in the provider's time.
+    Down(&'a str),
+    /// Nothing either way.
+    Neutral,
+}
+
 /// Leave to make one call. Say how it went with [`Admission::finish`]; a
 /// probe dropped unfinished (its caller gave up) lets the next call probe.
 #[must_use]
@@ -83,13 +97,20 @@ pub struct Admission<'a> {
 }
 
 impl Admission<'_> {
-    /// `down`: why the backend was unavailable, or `None` if it answered.
     /// Returns whether the breaker changed between closed and not.
-    pub fn finish(mut self, down: Option<&str>) -> bool {
-        self.probe = false;
-        match down {
-            Some(why) => self.breaker.backend_down(why),
-            None => self.breaker.backend_up(),
+    pub fn finish(mut self, outcome: Outcome<'_>) -> bool {
+        match outcome {
+            Outcome::Up => {
+                self.probe = false;
+                self.breaker.backend_up()
+            }
+            Outcome::Down(why) => {
+                self.probe = false;
+                self.breaker.backend_down(why)
+            }
+            // A probe that learned nothing: the next call after the
+            // cool-down probes again (see `Drop`).
+            Outcome::Neutral => false,
         }
     }
 }
@@ -104,10 +125,9 @@ impl Drop for Admission<'_> {
                 why,
             } = &*state
             {
-                let now = Instant::now();
                 *state = State::Open {
                     since: *since,
-                    retry_at: now,
+                    retry_at: Instant::now() + *cooldown,
                     cooldown: *cooldown,
                     why: why.clone(),
                 };
@@ -204,12 +224,13 @@ impl Breaker {
     }
 
     /// The status refresher's check, a probe whatever the state: up closes,
-    /// down opens or pushes the next probe further out. True if the
-    /// breaker changed between closed and not.
-    pub fn checked(&self, down: Option<&str>) -> bool {
-        match down {
-            None => self.backend_up(),
-            Some(why) => self.down(why, true),
+    /// down opens or pushes the next probe further out, neutral changes
+    /// nothing. True if the breaker changed between closed and not.
+    pub fn checked(&self, outcome: Outcome<'_>) -> bool {
+        match outcome {
+            Outcome::Up => self.backend_up(),
+            Outcome::Down(why) => self.down(why, true),
+            Outcome::Neutral => false,
         }
     }
 
@@ -249,7 +270,10 @@ mod tests {
     #[test]
     fn opens_on_unavailability_and_fails_fast() {
         let breaker = Breaker::default();
-        breaker.admit().unwrap().finish(Some("connection refused"));
+        breaker
+            .admit()
+            .unwrap()
+            .finish(Outcome::Down("connection refused"));
         assert_eq!(breaker.state(), BreakerState::Open);
         let why = breaker.admit().err().unwrap();
         assert!(why.contains("connection refused"), "{why}");
@@ -265,7 +289,7 @@ mod tests {
         let probe = breaker.admit().unwrap();
         assert_eq!(breaker.state(), BreakerState::Probing);
         assert!(breaker.admit().is_err(), "only one probe at a time");
-        probe.finish(None);
+        probe.finish(Outcome::Up);
         assert_eq!(breaker.state(), BreakerState::Closed);
         assert!(breaker.admit().is_ok());
     }
@@ -275,18 +299,31 @@ mod tests {
         let breaker = Breaker::default();
         breaker.backend_down("down");
         std::thread::sleep(FIRST_COOLDOWN);
-        breaker.admit().unwrap().finish(Some("still down"));
+        breaker.admit().unwrap().finish(Outcome::Down("still down"));
         let wait = breaker.retry_in().unwrap();
         assert!(wait > FIRST_COOLDOWN, "{wait:?}");
     }
 
     #[test]
-    fn an_abandoned_probe_lets_the_next_call_probe() {
+    fn a_probe_that_learns_nothing_lets_a_later_call_probe() {
         let breaker = Breaker::default();
         breaker.backend_down("down");
         std::thread::sleep(FIRST_COOLDOWN);
         drop(breaker.admit().unwrap());
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert!(breaker.admit().is_ok(), "the next call probes at once");
+        assert!(breaker.admit().is_err(), "not before the cool-down");
+        std::thread::sleep(FIRST_COOLDOWN);
+        assert!(!breaker.admit().unwrap().finish(Outcome::Neutral));
+        assert_eq!(breaker.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn failures_that_say_nothing_about_the_backend_leave_it_alone() {
+        let breaker = Breaker::default();
+        breaker.backend_down("down");
+        let admitted_before = Breaker::default();
+        assert!(!admitted_before.admit().unwrap().finish(Outcome::Neutral));
+        assert_eq!(admitted_before.state(), BreakerState::Closed);
+        assert_eq!(breaker.state(), BreakerState::Open);
     }
 }

@@ -123,13 +123,16 @@ impl Coalescer {
         };
         match deadline {
             None => answered.await.unwrap_or_else(|_| lost()),
-            Some(deadline) => match tokio::time::timeout_at(deadline.into(), answered).await {
-                Ok(answer) => answer.unwrap_or_else(|_| lost()),
-                // Dropping the receiver tells the runner not to send it.
-                Err(_elapsed) => Err(ProviderError::Unavailable(
-                    "no decrypt batch answered within the caller's deadline".into(),
-                )),
-            },
+            Some(deadline) => {
+                let waited = Instant::now();
+                match tokio::time::timeout_at(deadline.into(), answered).await {
+                    Ok(answer) => answer.unwrap_or_else(|_| lost()),
+                    // Dropping the receiver tells the runner not to send it.
+                    Err(_elapsed) => {
+                        Err(ProviderError::TimedOut(waited.elapsed().as_millis() as u64))
+                    }
+                }
+            }
         }
     }
 
@@ -160,10 +163,7 @@ impl Coalescer {
                     } else {
                         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
                         // Its caller's own timer may not have fired yet.
-                        let _ = waiting.answer.send(Err(ProviderError::Unavailable(
-                            "the caller's deadline passed before a batch could carry this decrypt"
-                                .into(),
-                        )));
+                        let _ = waiting.answer.send(Err(ProviderError::TimedOut(0)));
                     }
                 }
                 batch

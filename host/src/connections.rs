@@ -79,7 +79,9 @@ pub fn kms_incoming(
 
 /// A connection that fails (and so is closed) after `timeout` with no
 /// bytes either way, and holds its place in the listener's budget until it
-/// drops.
+/// drops. Checked whichever way the connection is stuck: a client that
+/// stops reading (so the daemon's writes wait) times out like one that
+/// stops writing.
 pub struct Idle<S> {
     inner: S,
     timeout: Duration,
@@ -138,6 +140,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
     }
 }
 
+impl<S> Idle<S> {
+    /// Settles a write-side poll: progress is activity; waiting is checked
+    /// against the idle limit.
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(result) => {
+                self.last_activity = Instant::now();
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.poll_idle(cx) {
+                Poll::Ready(error) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -146,14 +169,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if written.is_ready() {
-            this.last_activity = Instant::now();
-        }
-        written
+        this.written(cx, written)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        this.written(cx, flushed)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -167,10 +189,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if written.is_ready() {
-            this.last_activity = Instant::now();
-        }
-        written
+        this.written(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -54,10 +54,10 @@ pub enum ProviderError {
     /// not count.
     #[error("CPU budget of {0} ms used up (limits.cpu_ms)")]
     CpuBudgetExceeded(u64),
-    /// The call ran out of wall-clock time while the guest was running or
-    /// waiting on something other than its backend (a timer, the host):
-    /// `limits.call_timeout_ms`, or the caller's own deadline when sooner.
-    /// (Out of time while waiting on the backend is [`ProviderError::Unavailable`].)
+    /// The call ran out of wall-clock time: the caller's deadline, or
+    /// `limits.call_timeout_ms` while the guest ran or waited on something
+    /// other than its backend (a timer). (`call_timeout_ms` passing while
+    /// it waited on its backend is [`ProviderError::Unavailable`].)
     #[error("no answer within {0} ms (limits.call_timeout_ms or the caller's deadline)")]
     TimedOut(u64),
     /// Every instance the provider may have is busy and its queue is full,

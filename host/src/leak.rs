@@ -10,15 +10,27 @@
 //! those headers, see `outbound.rs`):
 //!
 //! - as is, and ignoring ASCII case;
-//! - JSON-escaped (`\u003c`, `\/`, `\"`), and percent-encoded;
+//! - JSON-escaped (`\u003c` or `\u003C`, `\/`, `\"`), and percent-encoded
+//!   (`%2F` or `%2f`);
 //! - hex, lower and upper case;
 //! - base64, standard and URL-safe alphabets, at each of the three byte
 //!   offsets it can start at inside a larger encoded blob (only the
 //!   characters that depend on the credential alone are searched, so it is
-//!   found whatever surrounds it).
+//!   found whatever surrounds it);
+//! - each of those also in a copy of the response with line breaks and
+//!   JSON escapes undone (`\n`, `\/`, `\u00XX`): MIME-wrapped base64, or a
+//!   base64 blob inside a JSON string.
+//!
+//! A credential written with an HTTP scheme (`Bearer X`, `Basic B64`) is
+//! also searched for without it (`X`), and a `Basic` one also decoded
+//! (`user:password`, and the password alone).
 //!
 //! Encoded forms shorter than [`MIN_NEEDLE`] are skipped: they would match
-//! by chance. A credential is found or not; nothing is rewritten.
+//! by chance (so a credential of under 6 bytes is searched for only as is).
+//! What no search catches: a backend that transforms a credential some
+//! other way (reversed, hashed, encrypted) before sending it back; that is
+//! why a secret goes only to the hosts and headers allowed for it. A
+//! credential is found or not; nothing is rewritten.
 
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use memchr::memmem::Finder;
@@ -39,26 +51,36 @@ impl LeakDetector {
     pub fn new<'a>(credentials: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> LeakDetector {
         let mut needles = Vec::new();
         let mut folded = Vec::new();
-        for (name, value) in credentials {
-            if value.is_empty() {
-                continue;
-            }
-            for form in forms(value) {
-                if form.as_slice() == value || form.len() >= MIN_NEEDLE {
-                    needles.push((name.to_owned(), Finder::new(&form).into_owned()));
+        for (name, credential) in credentials {
+            for value in parts(credential) {
+                if value.is_empty() {
+                    continue;
                 }
+                for form in forms(&value) {
+                    if form == value || form.len() >= MIN_NEEDLE {
+                        needles.push((name.to_owned(), Finder::new(&form).into_owned()));
+                    }
+                }
+                folded.push((
+                    name.to_owned(),
+                    Finder::new(&value.to_ascii_lowercase()).into_owned(),
+                ));
             }
-            folded.push((
-                name.to_owned(),
-                Finder::new(&value.to_ascii_lowercase()).into_owned(),
-            ));
         }
         LeakDetector { needles, folded }
     }
 
     /// The name of a credential found in any of `haystacks`, if one is.
     pub fn find(&self, haystacks: &[&[u8]]) -> Option<&str> {
-        for haystack in haystacks {
+        if self.folded.is_empty() {
+            return None;
+        }
+        let unwrapped: Vec<Vec<u8>> = haystacks.iter().map(|h| unescape(h)).collect();
+        let all = haystacks
+            .iter()
+            .copied()
+            .chain(unwrapped.iter().map(Vec::as_slice));
+        for haystack in all {
             if let Some((name, _)) = self
                 .needles
                 .iter()
@@ -82,12 +104,82 @@ impl LeakDetector {
     }
 }
 
+/// The credential, and what a server might hold of it on its own: the
+/// part after an HTTP scheme, and a `Basic` credential decoded.
+fn parts(credential: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let mut parts = vec![credential.to_vec()];
+    let text = String::from_utf8_lossy(credential);
+    if let Some((scheme, rest)) = text.split_once(' ')
+        && !scheme.is_empty()
+        && scheme.bytes().all(|b| b.is_ascii_alphabetic())
+    {
+        let rest = rest.trim();
+        parts.push(rest.as_bytes().to_vec());
+        if scheme.eq_ignore_ascii_case("basic")
+            && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest)
+        {
+            if let Some(colon) = decoded.iter().position(|&b| b == b':') {
+                parts.push(decoded[colon + 1..].to_vec());
+            }
+            parts.push(decoded);
+        }
+    }
+    parts
+}
+
+/// A copy of `haystack` with line breaks dropped and JSON escapes undone
+/// (`\n`, `\r`, `\t` dropped too, `\/` and `\uXXXX` for ASCII decoded).
+fn unescape(haystack: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        let byte = haystack[i];
+        if byte == b'\\' && i + 1 < haystack.len() {
+            match haystack[i + 1] {
+                b'n' | b'r' | b't' => {
+                    i += 2;
+                    continue;
+                }
+                b'/' | b'"' | b'\\' => {
+                    out.push(haystack[i + 1]);
+                    i += 2;
+                    continue;
+                }
+                b'u' if i + 6 <= haystack.len() => {
+                    let code = std::str::from_utf8(&haystack[i + 2..i + 6])
+                        .ok()
+                        .and_then(|hex| {
+                            u8::from_str_radix(hex.get(2..)?, 16)
+                                .ok()
+                                .filter(|_| hex.starts_with("00"))
+                        });
+                    if let Some(code) = code {
+                        out.push(code);
+                        i += 6;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !matches!(byte, b'\r' | b'\n' | b' ' | b'\t') {
+            out.push(byte);
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Every form of `value` searched for (duplicates included; harmless).
 fn forms(value: &[u8]) -> Vec<Vec<u8>> {
-    let mut forms = vec![value.to_vec(), percent_encoded(value)];
-    for html_safe in [false, true] {
-        for slash in [false, true] {
-            forms.push(json_escaped(value, html_safe, slash));
+    let mut forms = vec![value.to_vec()];
+    for upper in [true, false] {
+        forms.push(percent_encoded(value, upper));
+        for html_safe in [false, true] {
+            for slash in [false, true] {
+                forms.push(json_escaped(value, html_safe, slash, upper));
+            }
         }
     }
     forms.push(hex::encode(value).into_bytes());
@@ -122,7 +214,14 @@ fn base64_core(engine: &impl base64::Engine, value: &[u8], offset: usize) -> Vec
 /// As a JSON string would carry it. Encoders differ: all escape `"`, `\`
 /// and control characters; Go's also `<`, `>` and `&` (`html_safe`); some
 /// also `/` (`slash`).
-fn json_escaped(value: &[u8], html_safe: bool, slash: bool) -> Vec<u8> {
+fn json_escaped(value: &[u8], html_safe: bool, slash: bool, upper: bool) -> Vec<u8> {
+    let unicode = |byte: u8| {
+        if upper {
+            format!("\\u{byte:04X}")
+        } else {
+            format!("\\u{byte:04x}")
+        }
+    };
     let mut out = Vec::with_capacity(value.len());
     for &byte in value {
         match byte {
@@ -132,24 +231,24 @@ fn json_escaped(value: &[u8], html_safe: bool, slash: bool) -> Vec<u8> {
             b'\n' => out.extend_from_slice(br"\n"),
             b'\r' => out.extend_from_slice(br"\r"),
             b'\t' => out.extend_from_slice(br"\t"),
-            b'<' | b'>' | b'&' if html_safe => {
-                out.extend_from_slice(format!("\\u{byte:04x}").as_bytes());
-            }
-            0..=0x1f => out.extend_from_slice(format!("\\u{byte:04x}").as_bytes()),
+            b'<' | b'>' | b'&' if html_safe => out.extend_from_slice(unicode(byte).as_bytes()),
+            0..=0x1f => out.extend_from_slice(unicode(byte).as_bytes()),
             _ => out.push(byte),
         }
     }
     out
 }
 
-/// Every byte outside RFC 3986's unreserved set as `%XX`.
-fn percent_encoded(value: &[u8]) -> Vec<u8> {
+/// Every byte outside RFC 3986's unreserved set as `%XX` (or `%xx`).
+fn percent_encoded(value: &[u8], upper: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len());
     for &byte in value {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
             out.push(byte);
-        } else {
+        } else if upper {
             out.extend_from_slice(format!("%{byte:02X}").as_bytes());
+        } else {
+            out.extend_from_slice(format!("%{byte:02x}").as_bytes());
         }
     }
     out
@@ -180,7 +279,17 @@ mod tests {
     #[case::hex_upper(hex::encode_upper(TOKEN).into_bytes())]
     #[case::json(serde_json::to_vec(&serde_json::json!({"data": {"id": TOKEN}})).unwrap())]
     #[case::json_slash(br#"{"id":"hvs.CAESI\/Tok+en\u003c\u0026\u003e\"x"}"#.to_vec())]
+    #[case::json_upper(br#"{"id":"hvs.CAESI/Tok+en\u003C\u0026\u003E\"x"}"#.to_vec())]
     #[case::percent(b"q=hvs.CAESI%2FTok%2Ben%3C%26%3E%22x".to_vec())]
+    #[case::percent_lower(b"q=hvs.CAESI%2fTok%2ben%3c%26%3e%22x".to_vec())]
+    #[case::base64_wrapped({
+        let encoded = STANDARD.encode(format!("padding {TOKEN} padding"));
+        let (a, b) = encoded.split_at(20);
+        format!("{a}\r\n{b}").into_bytes()
+    })]
+    #[case::base64_in_json(serde_json::to_vec(&serde_json::json!({
+        "blob": STANDARD.encode(format!("x{TOKEN}")).replace('/', "\\/"),
+    })).unwrap())]
     #[case::base64_offset_0(STANDARD.encode(TOKEN).into_bytes())]
     #[case::base64_offset_1(STANDARD.encode(format!("a{TOKEN}")).into_bytes())]
     #[case::base64_offset_2(STANDARD.encode(format!("ab{TOKEN}b")).into_bytes())]
@@ -195,6 +304,17 @@ mod tests {
     #[case::another_token(STANDARD.encode("hvs.OTHER/Token+value").into_bytes())]
     fn other_text_is_not(#[case] haystack: Vec<u8>) {
         assert!(!found(&haystack), "{}", String::from_utf8_lossy(&haystack));
+    }
+
+    #[test]
+    fn a_credential_with_a_scheme_is_found_without_it() {
+        let bearer = LeakDetector::new([("token", &b"Bearer abcdef0123456789"[..])]);
+        assert!(bearer.find(&[b"{\"id\":\"abcdef0123456789\"}"]).is_some());
+        let basic = STANDARD.encode("admin:s3cret-password");
+        let header = format!("Basic {basic}");
+        let basic = LeakDetector::new([("login", header.as_bytes())]);
+        assert!(basic.find(&[b"user admin:s3cret-password"]).is_some());
+        assert!(basic.find(&[b"password=s3cret-password"]).is_some());
     }
 
     #[test]

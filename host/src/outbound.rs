@@ -53,6 +53,19 @@ pub const HOST_OWNED_HEADERS: &[&str] = &[
     "x-forwarded-host",
 ];
 
+/// Header name prefixes only the host sets: Vault's response wrapping
+/// (`X-Vault-Wrap-TTL`) would turn any answer, `lookup-self`'s included,
+/// into a token that unwraps to it later, past the credential search.
+const HOST_OWNED_PREFIXES: &[&str] = &["x-vault-wrap-"];
+
+/// Whether only the host may set header `name` (lowercase).
+fn host_owned(name: &str) -> bool {
+    HOST_OWNED_HEADERS.contains(&name)
+        || HOST_OWNED_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+}
+
 /// Headers a provider may send, at most; longer header values and URLs are
 /// refused too. Generous for any KMS API, small for abuse.
 const MAX_HEADERS: usize = 64;
@@ -65,7 +78,7 @@ pub fn check_secret_header(name: &str) -> Result<(), String> {
     if HeaderName::from_bytes(name.as_bytes()).is_err() || name.to_ascii_lowercase() != name {
         return Err(format!("{name:?} is not a lowercase header name"));
     }
-    if HOST_OWNED_HEADERS.contains(&name) {
+    if host_owned(name) {
         return Err(format!("{name:?} is set by the host, never from a secret"));
     }
     Ok(())
@@ -324,7 +337,7 @@ impl OutboundClient {
             .header(reqwest::header::ACCEPT_ENCODING, "identity");
         for (name, value) in &request.headers {
             let name = header_name(name)?;
-            if HOST_OWNED_HEADERS.contains(&name.as_str()) {
+            if host_owned(name.as_str()) {
                 return Err(OutboundError::InvalidRequest(format!(
                     "header {name:?} is set by the host"
                 )));
@@ -662,7 +675,13 @@ mod tests {
     #[tokio::test]
     async fn the_guest_cannot_set_host_owned_headers_or_misplace_a_secret() {
         let client = client(&["http://127.0.0.1:1".into()], &[("token", "t")], 1024);
-        for name in ["Host", "accept-encoding", "range", "content-length"] {
+        for name in [
+            "Host",
+            "accept-encoding",
+            "range",
+            "content-length",
+            "X-Vault-Wrap-TTL",
+        ] {
             let mut request = get("http://127.0.0.1:1/".into());
             request.headers = vec![(name.into(), "x".into())];
             let error = client.send(request).await.unwrap_err();

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, Outcome};
 use crate::coalesce::{BatchStats, Coalescer};
 use crate::error::{Action, KmsError, ProviderError};
 use crate::kms::{Call, DecryptItem, KmsProvider};
@@ -269,12 +269,12 @@ impl Slot {
             check_provider_key_id(&self.name, &status.key_id)?;
             Ok(status)
         });
-        let down = match &result {
-            Err(ProviderError::Unavailable(why)) => Some(why.as_str()),
-            _ => None,
-        };
-        if self.breaker.checked(down) {
-            self.log_breaker(down);
+        let outcome = breaker_outcome(result.as_ref().err());
+        if self.breaker.checked(outcome) {
+            self.log_breaker(match outcome {
+                Outcome::Down(why) => Some(why),
+                _ => None,
+            });
         }
         let previous = self.health();
         let next = match result {
@@ -408,11 +408,18 @@ impl Slot {
     /// marked down at once (without waiting for the next poll), and the
     /// refresher is asked to check again.
     fn settle(&self, admission: crate::breaker::Admission<'_>, error: Option<&ProviderError>) {
-        let down = match error {
-            Some(ProviderError::Unavailable(why)) => Some(why.as_str()),
+        if let Some(ProviderError::TimedOut(_)) = error {
+            // Out of time on the caller's deadline: maybe the backend
+            // hangs, maybe the caller was impatient. The status refresher
+            // finds out now, with the provider's own time limits.
+            self.refresh_now.notify_one();
+        }
+        let outcome = breaker_outcome(error);
+        let down = match outcome {
+            Outcome::Down(why) => Some(why),
             _ => None,
         };
-        if admission.finish(down) {
+        if admission.finish(outcome) {
             self.log_breaker(down);
         }
         if let Some(why) = down {
@@ -451,6 +458,18 @@ impl Slot {
             action,
             error,
         }
+    }
+}
+
+/// What a call's result says about the backend: success is up;
+/// unavailability is down; anything else (a bad ciphertext the provider may
+/// have refused without asking, a refused credential, a limit hit, a trap,
+/// a timeout on the caller's deadline) says nothing for certain.
+fn breaker_outcome(error: Option<&ProviderError>) -> Outcome<'_> {
+    match error {
+        None => Outcome::Up,
+        Some(ProviderError::Unavailable(why)) => Outcome::Down(why),
+        Some(_) => Outcome::Neutral,
     }
 }
 

@@ -75,8 +75,10 @@ def test_the_stated_worst_case_fits_the_static_pods_memory_limit():
         concurrent = limits.get("max_concurrent_calls", 16)
         memory = limits.get("memory_mib", 64)
         response = provider.get("outbound", {}).get("max_response_bytes", 1 << 20) / (1 << 20)
+        queued = provider.get("batch", {}).get("max_queued", 1024)
         guest += (concurrent + 2) * memory
-        total += (concurrent + 2) * memory + concurrent * memory + concurrent * response
+        total += (concurrent + 2) * memory + concurrent * memory + concurrent * 4 * response
+        total += queued * 34 / 1024
     socket = config.get("kms_socket", {})
     total += socket.get("max_connections", 16) * socket.get("max_streams", 64) * 84 / 1024
     total += config["admin"].get("max_connections", 64) * 16 / 1024

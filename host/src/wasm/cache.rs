@@ -155,6 +155,17 @@ fn trusted(dir: &Path) -> Result<(), String> {
     let me = std::fs::metadata("/proc/self")
         .map_err(|e| format!("finding the daemon's user: {e}"))?
         .uid();
+    // The path as configured, symbolic links and all (whoever can change a
+    // link can point it anywhere), then where it leads.
+    for parent in dir.ancestors().skip(1) {
+        if parent.as_os_str().is_empty() {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(parent).map_err(|e| format!("{parent:?}: {e}"))?;
+        if meta.is_dir() {
+            safe_parent(parent, &meta, me)?;
+        }
+    }
     let dir = dir.canonicalize().map_err(|e| e.to_string())?;
     let meta = std::fs::metadata(&dir).map_err(|e| e.to_string())?;
     if !meta.is_dir() {
@@ -174,15 +185,23 @@ fn trusted(dir: &Path) -> Result<(), String> {
     }
     for parent in dir.ancestors().skip(1) {
         let meta = std::fs::metadata(parent).map_err(|e| format!("{parent:?}: {e}"))?;
-        let owner_ok = meta.uid() == 0 || meta.uid() == me;
-        let sticky_root = meta.uid() == 0 && meta.mode() & 0o1000 != 0;
-        if !owner_ok || (meta.mode() & 0o022 != 0 && !sticky_root) {
-            return Err(format!(
-                "{parent:?} (uid {}, mode {:o}) lets another user replace what is below it",
-                meta.uid(),
-                meta.mode() & 0o7777
-            ));
-        }
+        safe_parent(parent, &meta, me)?;
+    }
+    Ok(())
+}
+
+/// A directory above the cache: owned by root or the daemon's user, and
+/// writable by no one else unless root's sticky bit keeps others from
+/// renaming what they do not own.
+fn safe_parent(parent: &Path, meta: &std::fs::Metadata, me: u32) -> Result<(), String> {
+    let owner_ok = meta.uid() == 0 || meta.uid() == me;
+    let sticky_root = meta.uid() == 0 && meta.mode() & 0o1000 != 0;
+    if !owner_ok || (meta.mode() & 0o022 != 0 && !sticky_root) {
+        return Err(format!(
+            "{parent:?} (uid {}, mode {:o}) lets another user replace what is below it",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
     }
     Ok(())
 }
@@ -192,12 +211,29 @@ fn trusted(dir: &Path) -> Result<(), String> {
 /// out or load (another component's, truncated, another build) is removed
 /// and recompiled.
 fn read_compiled(engine: &Engine, file: &Path, source: &[u8; 32]) -> Option<Component> {
-    let bytes = std::fs::read(file).ok()?;
     let refuse = |why: String| {
         tracing::warn!(file = ?file, "dropping an unusable compiled component: {why}");
         let _ = std::fs::remove_file(file);
         None
     };
+    // Checked and read through one open file, so what is checked is what
+    // is read.
+    let mut opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+        .ok()?;
+    let meta = opened.metadata().ok()?;
+    let me = std::fs::metadata("/proc/self").ok()?.uid();
+    if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "not a file only the daemon's user can write (uid {}, mode {:o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::io::Read::read_to_end(&mut opened, &mut bytes).ok()?;
     let Some((header, code)) = bytes.split_at_checked(HEADER_LEN) else {
         return refuse("too short".into());
     };

@@ -285,6 +285,19 @@ pub struct WasmProvider {
     origin: Origin,
 }
 
+/// When a call must end, and whether that is its caller's deadline.
+#[derive(Clone, Copy)]
+struct Until {
+    at: Instant,
+    callers: bool,
+}
+
+/// What a call gets to run on.
+enum Ready {
+    Idle(Instance),
+    Permit(Permit),
+}
+
 /// A live instance in its own store.
 struct Instance {
     store: Store<HostState>,
@@ -395,7 +408,10 @@ impl WasmProvider {
     async fn init(&self) -> Result<(), ProviderError> {
         let (until, meter) = self.begin(Call::CONTROL);
         self.bounded(until, &meter, async {
-            let permit = self.quota.acquire(Lane::Control, until).await?;
+            let permit = match self.quota.try_acquire(Lane::Control) {
+                Some(permit) => permit,
+                None => self.quota.enqueue(Lane::Control)?.wait(until.at).await?,
+            };
             let Instance { mut store, kms, .. } = self.instantiate(permit, &meter).await?;
             let result = kms.call_init(&mut store).await;
             // `init` is a check, not a warm-up: its instance is not kept.
@@ -407,11 +423,20 @@ impl WasmProvider {
         .await
     }
 
-    /// A call's deadline (its own, or `limits.call_timeout_ms` from now if
-    /// sooner) and its clock.
-    fn begin(&self, call: Call) -> (Instant, Arc<CallMeter>) {
+    /// A call's deadline (its caller's, or `limits.call_timeout_ms` from
+    /// now if sooner) and its clock.
+    fn begin(&self, call: Call) -> (Until, Arc<CallMeter>) {
         let limit = Instant::now() + self.call_timeout;
-        let until = call.deadline.map_or(limit, |deadline| deadline.min(limit));
+        let until = match call.deadline {
+            Some(deadline) if deadline < limit => Until {
+                at: deadline,
+                callers: true,
+            },
+            _ => Until {
+                at: limit,
+                callers: false,
+            },
+        };
         (until, Arc::new(CallMeter::default()))
     }
 
@@ -424,24 +449,38 @@ impl WasmProvider {
         meter: &Arc<CallMeter>,
         until: Instant,
     ) -> Result<Instance, ProviderError> {
-        let idle = self.idle.lock().expect("idle instances lock").pop();
-        let mut instance = match idle {
-            Some(instance) => instance,
-            None => {
-                let lane = if call.control {
-                    Lane::Control
-                } else {
-                    Lane::Call
-                };
-                let permit = self.quota.acquire(lane, until).await?;
-                self.instantiate(permit, meter).await?
-            }
+        let lane = if call.control {
+            Lane::Control
+        } else {
+            Lane::Call
+        };
+        let mut instance = match self.idle_or_permit(lane, until).await? {
+            Ready::Idle(instance) => instance,
+            Ready::Permit(permit) => self.instantiate(permit, meter).await?,
         };
         meter.started();
         instance.store.data_mut().begin_call(meter.clone());
         instance.store.set_epoch_deadline(1);
         instance.calls += 1;
         Ok(instance)
+    }
+
+    /// An idle instance, or a permit for a new one, waiting in the queue
+    /// if need be. Queueing and parking an instance ([`Self::check_in`])
+    /// both happen under the idle lock, so a call never waits for a permit
+    /// while an instance it could use sits idle.
+    async fn idle_or_permit(&self, lane: Lane, until: Instant) -> Result<Ready, ProviderError> {
+        let queued = {
+            let mut idle = self.idle.lock().expect("idle instances lock");
+            if let Some(instance) = idle.pop() {
+                return Ok(Ready::Idle(instance));
+            }
+            if let Some(permit) = self.quota.try_acquire(lane) {
+                return Ok(Ready::Permit(permit));
+            }
+            self.quota.enqueue(lane)?
+        };
+        Ok(Ready::Permit(queued.wait(until).await?))
     }
 
     /// Keeps an instance whose call returned, if it may serve another.
@@ -458,14 +497,13 @@ impl WasmProvider {
         if instance.permit.lane == Lane::Control
             || instance.calls >= self.calls_per_instance
             || grown > REUSE_MEMORY_GROWTH
-            || self.quota.queued() > 0
         {
             return;
         }
-        self.idle
-            .lock()
-            .expect("idle instances lock")
-            .push(instance);
+        let mut idle = self.idle.lock().expect("idle instances lock");
+        if self.quota.queued() == 0 {
+            idle.push(instance);
+        }
     }
 
     /// A fresh store, limited and with its CPU budget armed, and an instance
@@ -560,24 +598,29 @@ impl WasmProvider {
     }
 
     /// Runs `work` on the call's clock until `until`. Out of time, it says
-    /// what the call was doing: still waiting for an instance (busy),
-    /// waiting on its backend (unavailable), or anything else (timed out).
-    /// Dropping a wasmtime future mid-call is safe; the store goes with it.
+    /// what the call was doing: still waiting for an instance (busy);
+    /// waiting on its backend past `limits.call_timeout_ms` (unavailable:
+    /// the backend is slow by the operator's own measure); anything else,
+    /// the caller's own deadline included, timed out. (A caller with a short
+    /// deadline must not be able to declare a backend down.) Dropping a
+    /// wasmtime future mid-call is safe; the store goes with it.
     async fn bounded<T>(
         &self,
-        until: Instant,
+        until: Until,
         meter: &CallMeter,
         work: impl Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
         let started = Instant::now();
-        match tokio::time::timeout_at(until.into(), metered(meter, work)).await {
+        match tokio::time::timeout_at(until.at.into(), metered(meter, work)).await {
             Ok(result) => result,
             Err(_elapsed) => {
                 let ms = started.elapsed().as_millis();
                 Err(if !meter.has_started() {
                     ProviderError::Busy(format!("no instance came free within {ms} ms"))
-                } else if meter.awaiting_backend() {
-                    ProviderError::Unavailable(format!("the backend did not answer within {ms} ms"))
+                } else if meter.awaiting_backend() && !until.callers {
+                    ProviderError::Unavailable(format!(
+                        "the backend did not answer within {ms} ms (limits.call_timeout_ms)"
+                    ))
                 } else {
                     ProviderError::TimedOut(ms as u64)
                 })
@@ -592,7 +635,7 @@ impl KmsProvider for WasmProvider {
         let call = Call::CONTROL;
         let (until, meter) = self.begin(call);
         self.bounded(until, &meter, async {
-            let mut instance = self.check_out(call, &meter, until).await?;
+            let mut instance = self.check_out(call, &meter, until.at).await?;
             let result = instance.kms.call_status(&mut instance.store).await;
             self.finish(instance, result)
         })
@@ -608,7 +651,7 @@ impl KmsProvider for WasmProvider {
     ) -> Result<Encrypted, ProviderError> {
         let (until, meter) = self.begin(call);
         self.bounded(until, &meter, async {
-            let mut instance = self.check_out(call, &meter, until).await?;
+            let mut instance = self.check_out(call, &meter, until.at).await?;
             let result = instance
                 .kms
                 .call_encrypt(&mut instance.store, uid, key_id, plaintext.as_bytes())
@@ -628,7 +671,7 @@ impl KmsProvider for WasmProvider {
     ) -> Result<Plaintext, ProviderError> {
         let (until, meter) = self.begin(call);
         self.bounded(until, &meter, async {
-            let mut instance = self.check_out(call, &meter, until).await?;
+            let mut instance = self.check_out(call, &meter, until.at).await?;
             let annotations = annotations_to_wit(annotations);
             let result = instance
                 .kms
@@ -655,7 +698,7 @@ impl KmsProvider for WasmProvider {
     async fn decrypt_batch(&self, call: Call, items: Vec<DecryptItem>) -> BatchResult {
         let (until, meter) = self.begin(call);
         self.bounded(until, &meter, async {
-            let mut instance = self.check_out(call, &meter, until).await?;
+            let mut instance = self.check_out(call, &meter, until.at).await?;
             let Some(kms_batch) = instance.kms_batch.take() else {
                 return Err(ProviderError::Contract(
                     "decrypt-batch called on a provider without kms-batch".into(),

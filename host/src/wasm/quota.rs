@@ -93,41 +93,43 @@ impl InstanceQuota {
         self.memory.load(Ordering::Relaxed)
     }
 
-    /// A permit for a new instance in `lane`, waiting no later than
-    /// `until`.
-    pub async fn acquire(&self, lane: Lane, until: Instant) -> Result<Permit, ProviderError> {
-        let semaphore = match lane {
+    fn semaphore(&self, lane: Lane) -> &Arc<Semaphore> {
+        match lane {
             Lane::Call => &self.calls,
             Lane::Control => &self.control,
-        };
-        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Ok(Permit {
-                _permit: permit,
-                lane,
-            });
         }
-        if lane == Lane::Call && self.queued() >= self.max_queued {
-            return Err(ProviderError::Busy(format!(
-                "all {} instances are busy and {} calls are queued (limits.max_concurrent_calls, limits.max_queued_calls)",
-                self.max_concurrent, self.max_queued
-            )));
+    }
+
+    /// A permit for a new instance in `lane`, if one is free now.
+    pub fn try_acquire(&self, lane: Lane) -> Option<Permit> {
+        let permit = self.semaphore(lane).clone().try_acquire_owned().ok()?;
+        Some(Permit {
+            _permit: permit,
+            lane,
+        })
+    }
+
+    /// A place in the queue for a permit in `lane`, or RESOURCE_EXHAUSTED
+    /// at once if the queue is full. Only callers count against
+    /// `max_queued`; the host's own calls (at most two) do not. The caller
+    /// should look for an idle instance once more after queueing: one may
+    /// have been parked just before (see `WasmProvider::check_out`).
+    pub fn enqueue(&self, lane: Lane) -> Result<Queued<'_>, ProviderError> {
+        if lane == Lane::Call {
+            // Check and count in one step, so concurrent callers cannot all
+            // pass the check.
+            self.queued
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                    (queued < self.max_queued).then_some(queued + 1)
+                })
+                .map_err(|_| {
+                    ProviderError::Busy(format!(
+                        "all {} instances are busy and {} calls are queued (limits.max_concurrent_calls, limits.max_queued_calls)",
+                        self.max_concurrent, self.max_queued
+                    ))
+                })?;
         }
-        let waited = Instant::now();
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        let _queued = Queued(&self.queued);
-        let acquire = semaphore.clone().acquire_owned();
-        match tokio::time::timeout_at(until.into(), acquire).await {
-            Ok(Ok(permit)) => Ok(Permit {
-                _permit: permit,
-                lane,
-            }),
-            Ok(Err(_closed)) => Err(ProviderError::Busy("the provider is shutting down".into())),
-            Err(_elapsed) => Err(ProviderError::Busy(format!(
-                "no instance came free within {} ms ({} busy, limits.max_concurrent_calls)",
-                waited.elapsed().as_millis(),
-                self.in_use()
-            ))),
-        }
+        Ok(Queued { quota: self, lane })
     }
 
     /// Charges `bytes` of new guest memory to this provider and the daemon;
@@ -147,11 +149,37 @@ impl InstanceQuota {
     }
 }
 
-struct Queued<'a>(&'a AtomicUsize);
+/// A call waiting for a permit; leaves the queue when dropped.
+pub struct Queued<'a> {
+    quota: &'a InstanceQuota,
+    lane: Lane,
+}
+
+impl Queued<'_> {
+    /// Waits for a permit, no later than `until`.
+    pub async fn wait(self, until: Instant) -> Result<Permit, ProviderError> {
+        let waited = Instant::now();
+        let acquire = self.quota.semaphore(self.lane).clone().acquire_owned();
+        match tokio::time::timeout_at(until.into(), acquire).await {
+            Ok(Ok(permit)) => Ok(Permit {
+                _permit: permit,
+                lane: self.lane,
+            }),
+            Ok(Err(_closed)) => Err(ProviderError::Busy("the provider is shutting down".into())),
+            Err(_elapsed) => Err(ProviderError::Busy(format!(
+                "no instance came free within {} ms ({} busy, limits.max_concurrent_calls)",
+                waited.elapsed().as_millis(),
+                self.quota.in_use()
+            ))),
+        }
+    }
+}
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.lane == Lane::Call {
+            self.quota.queued.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -206,23 +234,33 @@ mod tests {
         Instant::now() + Duration::from_millis(50)
     }
 
+    /// A permit for `lane`, waiting as a caller would.
+    async fn acquire(
+        quota: &InstanceQuota,
+        lane: Lane,
+        until: Instant,
+    ) -> Result<Permit, ProviderError> {
+        match quota.try_acquire(lane) {
+            Some(permit) => Ok(permit),
+            None => quota.enqueue(lane)?.wait(until).await,
+        }
+    }
+
     #[tokio::test]
     async fn calls_beyond_the_queue_are_refused_at_once() {
         let quota = quota(1, 1);
-        let held = quota.acquire(Lane::Call, soon()).await.unwrap();
+        let held = quota.try_acquire(Lane::Call).unwrap();
         let waiting = {
             let quota = quota.clone();
             tokio::spawn(async move {
-                quota
-                    .acquire(Lane::Call, Instant::now() + Duration::from_secs(5))
-                    .await
+                acquire(&quota, Lane::Call, Instant::now() + Duration::from_secs(5)).await
             })
         };
         while quota.queued() == 0 {
             tokio::task::yield_now().await;
         }
         let started = Instant::now();
-        let refused = quota.acquire(Lane::Call, soon()).await.unwrap_err();
+        let refused = acquire(&quota, Lane::Call, soon()).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_millis(40), "not at once");
         assert!(refused.to_string().contains("queued"), "{refused}");
         drop(held);
@@ -230,25 +268,40 @@ mod tests {
             .await
             .unwrap()
             .expect("the queued call gets the permit");
+        assert_eq!(quota.queued(), 0);
     }
 
     #[tokio::test]
     async fn a_queued_call_gives_up_at_its_deadline() {
         let quota = quota(1, 8);
-        let _held = quota.acquire(Lane::Call, soon()).await.unwrap();
-        let error = quota.acquire(Lane::Call, soon()).await.unwrap_err();
+        let _held = quota.try_acquire(Lane::Call).unwrap();
+        let error = acquire(&quota, Lane::Call, soon()).await.unwrap_err();
         assert!(matches!(error, ProviderError::Busy(_)), "{error}");
         assert_eq!(quota.queued(), 0);
     }
 
     #[tokio::test]
-    async fn the_control_lane_is_never_behind_callers() {
+    async fn the_control_lane_is_never_behind_callers_nor_counted_as_queued() {
         let quota = quota(1, 0);
-        let _held = quota.acquire(Lane::Call, soon()).await.unwrap();
-        for _ in 0..CONTROL_PERMITS {
-            std::mem::forget(quota.acquire(Lane::Control, soon()).await.unwrap());
-        }
-        assert!(quota.acquire(Lane::Control, soon()).await.is_err());
+        let _held = quota.try_acquire(Lane::Call).unwrap();
+        let control: Vec<_> = (0..CONTROL_PERMITS)
+            .map(|_| quota.try_acquire(Lane::Control).unwrap())
+            .collect();
+        let waiting = quota.enqueue(Lane::Control).unwrap();
+        assert_eq!(quota.queued(), 0, "host calls are not queued callers");
+        drop(control);
+        waiting.wait(soon()).await.unwrap();
+    }
+
+    #[test]
+    fn the_queue_is_never_overshot() {
+        let quota = quota(1, 3);
+        let places: Vec<_> = (0..10)
+            .filter_map(|_| quota.enqueue(Lane::Call).ok())
+            .collect();
+        assert_eq!((places.len(), quota.queued()), (3, 3));
+        drop(places);
+        assert_eq!(quota.queued(), 0);
     }
 
     #[test]

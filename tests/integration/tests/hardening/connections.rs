@@ -92,7 +92,7 @@ async fn idle_kms_connections_are_capped_and_closed() {
     let gateway = TestGateway::new()
         .with_provider(ProviderSpec::local_aes("local", "k1", 1))
         .kms_socket("max_connections", 8)
-        .kms_socket("idle_timeout_ms", 1000)
+        .kms_socket("idle_timeout_ms", 3000)
         .start()
         .await;
     let mut client = gateway.v2().await;
@@ -103,17 +103,29 @@ async fn idle_kms_connections_are_capped_and_closed() {
     for _ in 0..50 {
         idle.push(UnixStream::connect(&gateway.socket).await.unwrap());
     }
-    // Beyond the cap: closed at once. Within it: closed once idle.
-    let mut closed_at_once = 0;
-    for connection in &mut idle {
-        if closed_within(connection, Duration::from_millis(200)).await {
-            closed_at_once += 1;
+    // Beyond the cap: closed at once (all read at the same time, well
+    // before the idle timeout). Within it: closed once idle.
+    let reads: Vec<_> = idle
+        .into_iter()
+        .map(|mut connection| {
+            tokio::spawn(async move {
+                let at_once = closed_within(&mut connection, Duration::from_secs(1)).await;
+                (at_once, connection)
+            })
+        })
+        .collect();
+    let mut kept = Vec::new();
+    for read in reads {
+        let (at_once, connection) = read.await.unwrap();
+        if !at_once {
+            kept.push(connection);
         }
     }
-    assert!(closed_at_once >= 42, "{closed_at_once} closed at once");
-    for connection in &mut idle {
+    // 8 places; the test's first connection may still hold one.
+    assert!((7..=8).contains(&kept.len()), "{} kept open", kept.len());
+    for connection in &mut kept {
         assert!(
-            closed_within(connection, Duration::from_secs(3)).await,
+            closed_within(connection, Duration::from_secs(6)).await,
             "idle connection kept open"
         );
     }

@@ -35,43 +35,60 @@ async fn a_frozen_backend_is_answered_before_the_deadline_then_failed_fast() {
         .await
         .unwrap_err();
     let took = started.elapsed();
-    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    // Answered by the daemon before the caller gives up. The caller's
+    // deadline alone does not declare the backend down (a caller could set
+    // a short one): it makes the status check run at once, within the
+    // provider's own limits.
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("no answer within"),
+        "{}",
+        status.message()
+    );
     assert!(took < apiserver_timeout, "answered after {took:?}");
 
-    // Known down: unhealthy at once, and the next calls fail at once.
+    // Known down once that check fails (the outbound timeout, 3 s): then
+    // unhealthy, and calls fail at once.
+    let open = r#"kmsgate_provider_breaker_open{provider="vault"} 1"#;
+    wait_until("the breaker to open", Duration::from_secs(20), || async {
+        metrics_text(&gateway).await.contains(open)
+    })
+    .await;
     let healthz = client
         .status(v2::StatusRequest {})
         .await
         .unwrap()
         .into_inner()
         .healthz;
-    assert_ne!(healthz, "ok");
+    assert!(healthz.contains("unavailable"), "{healthz}");
     let started = Instant::now();
+    let mut fast = 0;
     for _ in 0..5 {
         let status = client
             .encrypt(with_timeout(encrypt(b"dek"), apiserver_timeout))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
-        assert!(
-            status.message().contains("backend down"),
-            "{}",
-            status.message()
-        );
+        // One may be let through as the breaker's probe, and time out.
+        if status.message().contains("backend down") {
+            assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+            fast += 1;
+        }
     }
+    assert!(fast >= 4, "{fast} failed fast");
     assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );
-    let metrics = metrics_text(&gateway).await;
     assert!(
-        metrics.contains(r#"kmsgate_provider_breaker_open{provider="vault"} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"kmsgate_provider_fast_failures_total{provider="vault"} 5"#),
-        "{metrics}"
+        metrics_text(&gateway)
+            .await
+            .contains(r#"kmsgate_provider_fast_failures_total{provider="vault"}"#)
     );
 
     // Back on its own once the backend answers.

@@ -186,9 +186,9 @@ async fn peak_memory_under_attack_stays_within_the_stated_bound() {
         let bound = (4 + 2) * memory_mib + 4 * output_mib + 64;
         report.push(format!(
             "{name}: 64 concurrent calls, peak RSS {peak} MiB (+{} MiB; bound +{bound} MiB)",
-            peak - baseline
+            peak.saturating_sub(baseline)
         ));
-        assert!(peak - baseline <= bound, "{report:?}");
+        assert!(peak.saturating_sub(baseline) <= bound, "{report:?}");
     }
 
     // Half-open streams: 15 more connections (16 is the cap; the test's
@@ -203,9 +203,9 @@ async fn peak_memory_under_attack_stays_within_the_stated_bound() {
     let bound = (opened * 80 / 1024) as u64 + 32;
     report.push(format!(
         "half-open streams: {opened} open, peak RSS {peak} MiB (+{} MiB; bound +{bound} MiB)",
-        peak - baseline
+        peak.saturating_sub(baseline)
     ));
-    assert!(peak - baseline <= bound, "{report:?}");
+    assert!(peak.saturating_sub(baseline) <= bound, "{report:?}");
     drop(responses);
     eprintln!("memory under attack:\n  {}", report.join("\n  "));
     daemon.terminate();
