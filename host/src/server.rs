@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -136,32 +135,15 @@ pub async fn run(
     });
     let mut stopping = stop_rx.clone();
     serving.store(true, Ordering::Relaxed);
-    let server = tonic::transport::Server::builder()
-        // Bounds per connection: streams, header size, and how long any
-        // request may take (a half-open stream included). A caller's
-        // shorter grpc-timeout wins.
-        .max_concurrent_streams(kms_socket.max_streams as u32)
-        .http2_max_header_list_size(crate::grpc::MAX_HEADER_LIST_BYTES)
-        // What a stream, and a connection, may send before the daemon
-        // reads it (hyper's default is 1 MiB each).
-        .initial_stream_window_size(crate::grpc::STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(crate::grpc::CONNECTION_WINDOW_BYTES)
-        .timeout(Duration::from_millis(kms_socket.request_timeout_ms))
+    let server = kms_server(&kms_socket)
         .add_service(health_service)
         .add_service(V2Service::server(gateway.clone(), metrics.clone()))
         .add_service(V1beta1Service::server(gateway.clone(), metrics))
         .add_service(AdminService::server(reloader))
-        .serve_with_incoming_shutdown(
-            crate::connections::kms_incoming(
-                socket.take_listener(),
-                kms_socket.max_connections as usize,
-                Duration::from_millis(kms_socket.idle_timeout_ms),
-            ),
-            async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-                tracing::info!("shutting down: draining in-flight calls");
-            },
-        );
+        .serve_with_incoming_shutdown(kms_connections(&mut socket, &kms_socket), async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tracing::info!("shutting down: draining in-flight calls");
+        });
     let mut grace_timer = stop_rx;
     tokio::select! {
         result = server => result?,
@@ -173,6 +155,36 @@ pub async fn run(
     tracing::info!("stopped");
     drop(socket);
     Ok(())
+}
+
+/// The gRPC server of the KMS socket, with its bounds per connection:
+/// streams, header size, flow-control windows, and how long any request
+/// may take (a half-open stream included; a caller's shorter grpc-timeout
+/// wins).
+fn kms_server(limits: &crate::config::KmsSocketConfig) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams as u32)
+        .http2_max_header_list_size(crate::grpc::MAX_HEADER_LIST_BYTES)
+        // What a stream, and a connection, may send before the daemon reads
+        // it (hyper's default is 1 MiB each).
+        .initial_stream_window_size(crate::grpc::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::grpc::CONNECTION_WINDOW_BYTES)
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
+}
+
+/// The KMS socket's connections, within its connection cap and idle
+/// timeout ([`crate::connections`]).
+fn kms_connections(
+    socket: &mut BoundSocket,
+    limits: &crate::config::KmsSocketConfig,
+) -> tokio_stream::wrappers::ReceiverStream<
+    std::io::Result<crate::connections::Idle<tokio::net::UnixStream>>,
+> {
+    crate::connections::kms_incoming(
+        socket.take_listener(),
+        limits.max_connections as usize,
+        Duration::from_millis(limits.idle_timeout_ms),
+    )
 }
 
 /// The names `grpc.health.v1` answers for: the server as a whole, and each
@@ -353,8 +365,9 @@ impl Drop for AbortOnDrop {
 }
 
 /// Serves a benchmark floor ([`crate::floor`]) on `socket`: the same
-/// gateway, gRPC services and tonic setup as [`run`], with a native
-/// provider instead of a Wasm one.
+/// gateway, gRPC services, tonic setup and connection bounds as [`run`]
+/// (with the default limits), with a native provider instead of a Wasm
+/// one.
 pub async fn run_floor(
     mut socket: BoundSocket,
     provider: Arc<dyn crate::kms::KmsProvider>,
@@ -377,10 +390,11 @@ pub async fn run_floor(
     gateway.start().await;
     let metrics = Arc::new(Metrics::new());
     tracing::info!(socket = ?socket.path(), "serving the native floor");
-    tonic::transport::Server::builder()
+    let limits = crate::config::KmsSocketConfig::default();
+    kms_server(&limits)
         .add_service(V2Service::server(gateway.clone(), metrics.clone()))
         .add_service(V1beta1Service::server(gateway, metrics))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(socket.take_listener()), shutdown)
+        .serve_with_incoming_shutdown(kms_connections(&mut socket, &limits), shutdown)
         .await?;
     Ok(())
 }
