@@ -130,14 +130,6 @@ async fn idle_kms_connections_are_capped_and_closed() {
         );
     }
     // Room again for a real client.
-    let mut client = gateway.v2().await;
-    assert_eq!(
-        client
-            .status(v2::StatusRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .healthz,
-        "ok"
-    );
+    let client = gateway.v2().await;
+    assert_eq!(crate::healthz(&client).await, "ok");
 }

@@ -4,11 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use kmsgate::proto::v2;
 use kmsgate_integration::{DelayProxy, OpenBao, ProviderSpec, TestGateway};
 use tonic::Code;
 
-use crate::{decrypt, encrypt};
+use crate::{assert_error, decrypt, encrypt, healthz, vault_behind};
 
 #[tokio::test]
 async fn a_slow_backend_does_not_use_up_the_cpu_budget() {
@@ -17,23 +16,13 @@ async fn a_slow_backend_does_not_use_up_the_cpu_budget() {
     // Below the outbound timeout (3 s), well above the CPU budget (1 s).
     proxy.set_delay(Duration::from_millis(1500));
     let gateway = TestGateway::new()
-        .with_provider(ProviderSpec::vault_via(
-            "vault",
-            &bao,
-            &proxy.address,
-            "kube",
-        ))
+        .with_provider(vault_behind(&bao, &proxy))
         .start()
         .await;
     let mut client = gateway.v2().await;
 
     // Start-up (init, its canary, the first status) went through the proxy.
-    let status = client
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(status.healthz, "ok");
+    assert_eq!(healthz(&client).await, "ok");
     let started = Instant::now();
     let sealed = client.encrypt(encrypt(b"dek")).await.unwrap().into_inner();
     assert!(
@@ -64,17 +53,7 @@ async fn a_guest_looping_on_host_calls_stops_at_its_cpu_budget() {
     let mut client = gateway.v2().await;
     let started = Instant::now();
     let status = client.encrypt(encrypt(b"dek")).await.unwrap_err();
-    assert_eq!(
-        status.code(),
-        Code::DeadlineExceeded,
-        "{}",
-        status.message()
-    );
-    assert!(
-        status.message().contains("CPU budget of 300 ms"),
-        "{}",
-        status.message()
-    );
+    assert_error(&status, Code::DeadlineExceeded, "CPU budget of 300 ms");
     // Far from the 20 s wall-clock limit; the margin is for a loaded CI.
     assert!(
         started.elapsed() < Duration::from_secs(10),

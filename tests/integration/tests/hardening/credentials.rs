@@ -5,7 +5,6 @@
 //! came back everywhere it can.
 
 use base64::Engine as _;
-use kmsgate::proto::v2;
 use kmsgate_integration::{HeaderEcho, OpenBao, ProviderSpec, TestGateway, wait_until};
 
 use crate::encrypt;
@@ -19,12 +18,7 @@ async fn published(
 ) -> (String, serde_json::Value) {
     let mut client = gateway.v2().await;
     let mut seen = String::new();
-    let status = client
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    seen.push_str(&status.healthz);
+    seen.push_str(&crate::healthz(&client).await);
     let error = client.encrypt(encrypt(b"dek")).await.unwrap_err();
     seen.push_str(error.message());
     let admin = gateway.admin_url.clone().expect("admin HTTP on");

@@ -3,23 +3,19 @@
 
 use std::time::{Duration, Instant};
 
-use kmsgate::proto::v2;
-use kmsgate_integration::{DelayProxy, OpenBao, ProviderSpec, TestGateway, wait_until};
+use kmsgate_integration::{DelayProxy, OpenBao, TestGateway, wait_until};
 use tonic::Code;
 
-use crate::{encrypt, metrics_text, with_timeout};
+use crate::{
+    assert_error, encrypt, healthz, metrics_text, vault_behind, wait_until_healthy, with_timeout,
+};
 
 #[tokio::test]
 async fn a_frozen_backend_is_answered_before_the_deadline_then_failed_fast() {
     let bao = OpenBao::dev().await;
     let proxy = DelayProxy::start(&bao.address).await;
     let gateway = TestGateway::new()
-        .with_provider(ProviderSpec::vault_via(
-            "vault",
-            &bao,
-            &proxy.address,
-            "kube",
-        ))
+        .with_provider(vault_behind(&bao, &proxy))
         .admin_http()
         .start()
         .await;
@@ -39,17 +35,7 @@ async fn a_frozen_backend_is_answered_before_the_deadline_then_failed_fast() {
     // deadline alone does not declare the backend down (a caller could set
     // a short one): it makes the status check run at once, within the
     // provider's own limits.
-    assert_eq!(
-        status.code(),
-        Code::DeadlineExceeded,
-        "{}",
-        status.message()
-    );
-    assert!(
-        status.message().contains("no answer within"),
-        "{}",
-        status.message()
-    );
+    assert_error(&status, Code::DeadlineExceeded, "no answer within");
     assert!(took < apiserver_timeout, "answered after {took:?}");
 
     // Known down once that check fails (the outbound timeout, 3 s): then
@@ -59,12 +45,7 @@ async fn a_frozen_backend_is_answered_before_the_deadline_then_failed_fast() {
         metrics_text(&gateway).await.contains(open)
     })
     .await;
-    let healthz = client
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .healthz;
+    let healthz = healthz(&client).await;
     assert!(healthz.contains("unavailable"), "{healthz}");
     let started = Instant::now();
     let mut fast = 0;
@@ -103,17 +84,5 @@ async fn a_frozen_backend_is_answered_before_the_deadline_then_failed_fast() {
         }
     })
     .await;
-    wait_until("Status ok again", Duration::from_secs(30), || {
-        let mut client = client.clone();
-        async move {
-            client
-                .status(v2::StatusRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .healthz
-                == "ok"
-        }
-    })
-    .await;
+    wait_until_healthy(&client, "Status ok again").await;
 }

@@ -26,14 +26,44 @@ mod startup;
 
 use std::time::Duration;
 
+use kmsgate::client::V2Client;
 use kmsgate::proto::v2;
-use kmsgate_integration::RunningGateway;
+use kmsgate_integration::{DelayProxy, OpenBao, ProviderSpec, RunningGateway, wait_until};
+use tonic::Code;
 
 /// `message` with a gRPC deadline, as kube-apiserver sends every call.
 pub fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
+}
+
+/// Status's `healthz`, as kube-apiserver polls it.
+pub async fn healthz(client: &V2Client) -> String {
+    let mut client = client.clone();
+    let status = client.status(v2::StatusRequest {}).await.unwrap();
+    status.into_inner().healthz
+}
+
+/// Waits, up to 30 s, until Status says `ok`.
+pub async fn wait_until_healthy(client: &V2Client, what: &str) {
+    wait_until(what, Duration::from_secs(30), || async {
+        healthz(client).await == "ok"
+    })
+    .await;
+}
+
+/// Asserts that a call failed with `code` and a message that says `says`.
+#[track_caller]
+pub fn assert_error(status: &tonic::Status, code: Code, says: &str) {
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(status.message().contains(says), "{}", status.message());
+}
+
+/// The `vault` provider (Transit key `kube`) reaching OpenBao through
+/// `proxy`.
+pub fn vault_behind(bao: &OpenBao, proxy: &DelayProxy) -> ProviderSpec {
+    ProviderSpec::vault_via("vault", bao, &proxy.address, "kube")
 }
 
 /// `GET /metrics` from the daemon's admin HTTP server.

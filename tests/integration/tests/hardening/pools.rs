@@ -9,7 +9,7 @@ use kmsgate::proto::v2;
 use kmsgate_integration::{ProviderSpec, TestGateway};
 use tonic::Code;
 
-use crate::{decrypt, encrypt};
+use crate::{assert_error, decrypt, encrypt, healthz};
 
 #[tokio::test]
 async fn a_slow_provider_cannot_starve_the_primary() {
@@ -48,12 +48,7 @@ async fn a_slow_provider_cannot_starve_the_primary() {
             .await
             .unwrap();
     }
-    let status = client
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(status.healthz, "ok");
+    assert_eq!(healthz(&client).await, "ok");
 
     let mut served = 0;
     let mut exhausted = 0;
@@ -61,12 +56,7 @@ async fn a_slow_provider_cannot_starve_the_primary() {
         match call.await.unwrap() {
             Ok(_) => served += 1,
             Err(status) => {
-                assert_eq!(
-                    status.code(),
-                    Code::ResourceExhausted,
-                    "{}",
-                    status.message()
-                );
+                assert_error(&status, Code::ResourceExhausted, "");
                 exhausted += 1;
             }
         }

@@ -8,16 +8,7 @@ use kmsgate::proto::v2;
 use kmsgate_integration::{DelayProxy, OpenBao, ProviderSpec, TestGateway, wait_until};
 use tonic::Code;
 
-use crate::encrypt;
-
-async fn healthz(client: &mut kmsgate::client::V2Client) -> String {
-    client
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .healthz
-}
+use crate::{assert_error, encrypt, healthz, vault_behind, wait_until_healthy};
 
 #[tokio::test]
 async fn a_revoked_token_at_start_recovers_when_the_secret_file_is_fixed() {
@@ -44,21 +35,13 @@ async fn a_revoked_token_at_start_recovers_when_the_secret_file_is_fixed() {
     );
     assert_eq!(status.key_id, "");
     let refused = client.encrypt(encrypt(b"dek")).await.unwrap_err();
-    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    assert_error(&refused, Code::Unavailable, "");
     let readyz = format!("{}/readyz", gateway.admin_url.as_ref().unwrap());
     assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 503);
 
     // The operator (or an agent) writes a good token; no reload, no restart.
     std::fs::write(gateway.dir.path().join("vault-token.secret"), &bao.token).unwrap();
-    wait_until(
-        "the provider to load on retry",
-        Duration::from_secs(30),
-        || {
-            let mut client = client.clone();
-            async move { healthz(&mut client).await == "ok" }
-        },
-    )
-    .await;
+    wait_until_healthy(&client, "the provider to load on retry").await;
     client.encrypt(encrypt(b"dek")).await.unwrap();
     assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
     assert_eq!(gateway.provider("vault").await.generation, 1);
@@ -70,26 +53,13 @@ async fn a_backend_that_times_out_at_start_recovers_when_it_answers() {
     let proxy = DelayProxy::start(&bao.address).await;
     proxy.freeze();
     let gateway = TestGateway::new()
-        .with_provider(ProviderSpec::vault_via(
-            "vault",
-            &bao,
-            &proxy.address,
-            "kube",
-        ))
+        .with_provider(vault_behind(&bao, &proxy))
         .start()
         .await;
     let mut client = gateway.v2().await;
-    assert_ne!(healthz(&mut client).await, "ok");
+    assert_ne!(healthz(&client).await, "ok");
     proxy.thaw();
-    wait_until(
-        "the backend to be seen again",
-        Duration::from_secs(30),
-        || {
-            let mut client = client.clone();
-            async move { healthz(&mut client).await == "ok" }
-        },
-    )
-    .await;
+    wait_until_healthy(&client, "the backend to be seen again").await;
     client.encrypt(encrypt(b"dek")).await.unwrap();
 }
 
@@ -100,12 +70,7 @@ async fn sighup_and_sigterm_during_start_up_are_handled() {
     // Start-up waits on the frozen backend (init, then the first status).
     proxy.freeze();
     let mut daemon = TestGateway::new()
-        .with_provider(ProviderSpec::vault_via(
-            "vault",
-            &bao,
-            &proxy.address,
-            "kube",
-        ))
+        .with_provider(vault_behind(&bao, &proxy))
         .spawn_process("info");
     wait_until("the socket to be bound", Duration::from_secs(30), || {
         let socket = daemon.socket.clone();
