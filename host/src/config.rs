@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::allowlist::Allowlist;
@@ -187,7 +187,7 @@ fn default_admin_listen() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 9474))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Unique name: lowercase letters, digits and `-`, at most 63 bytes. It
@@ -224,7 +224,7 @@ pub struct ProviderConfig {
     pub batch: BatchConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Decrypts per batch, at most; 1 turns batching off. Default 64.
@@ -264,7 +264,7 @@ fn default_batch_max_queued() -> u64 {
 
 /// One provider setting. A setting can be key material (the local-aes
 /// key), so `Debug` shows a literal's length, never its text.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum SettingValue {
     Text(String),
@@ -293,7 +293,7 @@ impl std::fmt::Debug for SettingValue {
 }
 
 /// One credential: where its value comes from, and where it may go.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SecretConfig {
     /// Read from this file when the provider loads (trailing newline
@@ -340,7 +340,7 @@ impl SecretConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     /// `scheme://host:port` entries the provider may call. `host` may be a
@@ -366,7 +366,7 @@ pub struct OutboundConfig {
     pub max_response_bytes: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Cap on all linear memory of one provider instance, in MiB. Default 64.

@@ -4,7 +4,7 @@
 //!
 //! A call flows: kube-apiserver → [`grpc`] (translate) → [`gateway::Gateway`]
 //! (limits, routing by key id, cached status) → [`kms::KmsProvider`] →
-//! [`wasm::WasmProvider`] (a fresh sandboxed instance per call) → the
+//! [`wasm::WasmProvider`] (a sandboxed instance, reused after clean calls) → the
 //! provider's own code, which reaches its backend only through
 //! [`outbound`].
 //!

@@ -360,8 +360,10 @@ impl Reloader {
     }
 }
 
+/// A built version as a slot serves it: generation 1 for a provider the
+/// reload adds, as at start; a swap numbers it after the one it replaces.
 fn serving(provider: WasmProvider, origin: crate::slot::Origin) -> Serving {
-    Serving::new(Arc::new(provider), origin, 0)
+    Serving::new(Arc::new(provider), origin, 1)
 }
 
 /// Proves `candidate` can take over from a version that produced `samples`.

@@ -131,13 +131,22 @@ pub struct Sample {
     pub plaintext_sha256: [u8; 32],
 }
 
+/// A health report with the generation of the version it describes. A
+/// status answer from a version already swapped out must not overwrite the
+/// health of the version that replaced it (its key id would route calls to
+/// the old key).
+struct Observed {
+    generation: u64,
+    health: Health,
+}
+
 /// How many distinct key ids keep a sample (one each, newest wins).
 const MAX_SAMPLES: usize = 16;
 
 pub struct Slot {
     name: String,
     serving: RwLock<Serving>,
-    health: RwLock<Health>,
+    health: RwLock<Observed>,
     /// Wakes the refresher early, after a call saw the backend unavailable.
     pub(crate) refresh_now: Notify,
     samples: Mutex<VecDeque<Sample>>,
@@ -151,14 +160,18 @@ pub struct Slot {
 impl Slot {
     pub fn new(name: String, serving: Serving) -> Slot {
         let batch_stats = Arc::new(BatchStats::default());
+        let generation = serving.generation;
         Slot {
             name,
             serving: RwLock::new(with_coalescer(serving, &batch_stats)),
             batch_stats,
-            health: RwLock::new(Health {
-                key_id: None,
-                healthy: false,
-                detail: "status not yet checked".into(),
+            health: RwLock::new(Observed {
+                generation,
+                health: Health {
+                    key_id: None,
+                    healthy: false,
+                    detail: "status not yet checked".into(),
+                },
             }),
             refresh_now: Notify::new(),
             samples: Mutex::new(VecDeque::new()),
@@ -172,7 +185,11 @@ impl Slot {
     }
 
     pub fn health(&self) -> Health {
-        self.health.read().expect("health lock poisoned").clone()
+        self.health
+            .read()
+            .expect("health lock poisoned")
+            .health
+            .clone()
     }
 
     pub fn serving(&self) -> Serving {
@@ -193,10 +210,11 @@ impl Slot {
     pub fn swap(&self, next: Serving, health: Health) {
         let mut next = with_coalescer(next, &self.batch_stats);
         let mut serving = self.serving.write().expect("serving lock poisoned");
-        next.generation = serving.generation + 1;
+        let generation = serving.generation + 1;
+        next.generation = generation;
         *serving = next;
         drop(serving);
-        *self.health.write().expect("health lock poisoned") = health;
+        *self.health.write().expect("health lock poisoned") = Observed { generation, health };
         // The canary just reached the backend.
         if self.breaker.backend_up() {
             self.log_breaker(None);
@@ -206,7 +224,7 @@ impl Slot {
 
     /// Sets the health a canary saw, before the slot serves.
     pub fn swap_health(&self, health: Health) {
-        *self.health.write().expect("health lock poisoned") = health;
+        self.health.write().expect("health lock poisoned").health = health;
     }
 
     pub fn breaker(&self) -> &Breaker {
@@ -262,9 +280,13 @@ impl Slot {
         }
     }
 
-    /// Asks the provider for its status once and records the answer.
+    /// Asks the provider for its status once and records the answer, unless
+    /// a swap replaced the version asked while it answered.
     pub async fn refresh(&self) {
-        let provider = self.provider();
+        let (provider, generation) = {
+            let serving = self.serving.read().expect("serving lock poisoned");
+            (serving.provider.clone(), serving.generation)
+        };
         let result = provider.status().await.and_then(|status| {
             check_provider_key_id(&self.name, &status.key_id)?;
             Ok(status)
@@ -276,7 +298,12 @@ impl Slot {
                 _ => None,
             });
         }
-        let previous = self.health();
+        let mut observed = self.health.write().expect("health lock poisoned");
+        if observed.generation != generation {
+            tracing::debug!(provider = %self.name, "status of a replaced version dropped");
+            return;
+        }
+        let previous = &observed.health;
         let next = match result {
             Ok(status) => Health {
                 key_id: Some(status.key_id),
@@ -299,7 +326,7 @@ impl Slot {
                 tracing::warn!(provider = %self.name, "provider unhealthy: {}", next.detail);
             }
         }
-        *self.health.write().expect("health lock poisoned") = next;
+        observed.health = next;
     }
 
     /// Encrypts under the last key id from status, and holds the provider to
@@ -423,13 +450,14 @@ impl Slot {
             self.log_breaker(down);
         }
         if let Some(why) = down {
-            let mut health = self.health.write().expect("health lock poisoned");
+            let mut observed = self.health.write().expect("health lock poisoned");
+            let health = &mut observed.health;
             if health.healthy {
                 tracing::warn!(provider = %self.name, "provider unhealthy: backend unavailable: {why}");
             }
             health.healthy = false;
             health.detail = format!("backend unavailable: {why}");
-            drop(health);
+            drop(observed);
             self.refresh_now.notify_one();
         }
     }
@@ -500,4 +528,101 @@ pub fn check_provider_key_id(provider: &str, key_id: &str) -> Result<(), Provide
     }
     limits::check_key_id(&crate::gateway::namespaced(provider, key_id))
         .map_err(ProviderError::Contract)
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::kms::{Encrypted, ProviderStatus};
+
+    /// A provider whose status answers with its own key id, and only once
+    /// released.
+    struct Gated {
+        key_id: &'static str,
+        asked: Notify,
+        release: Notify,
+    }
+
+    impl Gated {
+        fn new(key_id: &'static str) -> Arc<Gated> {
+            Arc::new(Gated {
+                key_id,
+                asked: Notify::new(),
+                release: Notify::new(),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl KmsProvider for Gated {
+        async fn status(&self) -> Result<ProviderStatus, ProviderError> {
+            self.asked.notify_one();
+            self.release.notified().await;
+            Ok(ProviderStatus {
+                key_id: self.key_id.into(),
+                healthy: true,
+                detail: format!("status of {}", self.key_id),
+            })
+        }
+
+        async fn encrypt(
+            &self,
+            _: Call,
+            _: &str,
+            key_id: &str,
+            _: &Plaintext,
+        ) -> Result<Encrypted, ProviderError> {
+            Err(ProviderError::UnknownKey(key_id.into()))
+        }
+
+        async fn decrypt(
+            &self,
+            _: Call,
+            _: &str,
+            key_id: &str,
+            _: &[u8],
+            _: &Annotations,
+        ) -> Result<Plaintext, ProviderError> {
+            Err(ProviderError::UnknownKey(key_id.into()))
+        }
+    }
+
+    fn serving(provider: Arc<Gated>) -> Serving {
+        let origin = Origin {
+            component: format!("{}.wasm", provider.key_id).into(),
+            sha256: String::new(),
+            fingerprint: provider.key_id.into(),
+        };
+        Serving::new(provider, origin, 1)
+    }
+
+    #[tokio::test]
+    async fn a_status_from_a_replaced_version_does_not_overwrite_its_successor() {
+        let old = Gated::new("old");
+        let slot = Arc::new(Slot::new("p".into(), serving(old.clone())));
+        let refreshing = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.refresh().await }
+        });
+        // The old version is answering when the swap lands.
+        old.asked.notified().await;
+        let new = Gated::new("new");
+        let canary_saw = Health {
+            key_id: Some("new".into()),
+            healthy: true,
+            detail: "canary".into(),
+        };
+        slot.swap(serving(new.clone()), canary_saw.clone());
+        old.release.notify_one();
+        refreshing.await.unwrap();
+        assert_eq!(slot.health(), canary_saw);
+
+        // The serving version's own answers still land.
+        new.release.notify_one();
+        slot.refresh().await;
+        assert_eq!(slot.health().detail, "status of new");
+        assert_eq!(slot.serving().generation, 2);
+    }
 }

@@ -172,6 +172,40 @@ pub struct Prepared {
     tls: crate::outbound::TlsFiles,
 }
 
+/// Everything that, if changed, makes a provider a different one: the
+/// component's digest, the provider's parsed config (its values, serialised;
+/// never its `Debug`, which redacts and may change with the code), and the
+/// settings and secrets it resolved to. A reload swaps only the providers
+/// whose fingerprint changed.
+fn fingerprint(
+    sha256: &str,
+    config: &ProviderConfig,
+    settings: &[(String, String)],
+    secrets: &HashMap<String, Secret>,
+) -> Result<String, String> {
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        // Length-prefixed, so no two sequences of fields hash alike.
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(sha256.as_bytes());
+    let parsed = serde_json::to_vec(config)
+        .map_err(|e| format!("provider config cannot be fingerprinted: {e}"))?;
+    field(&parsed);
+    for (key, value) in settings {
+        field(key.as_bytes());
+        field(value.as_bytes());
+    }
+    let mut names: Vec<_> = secrets.keys().collect();
+    names.sort();
+    for name in names {
+        field(name.as_bytes());
+        field(secrets[name].expose().as_bytes());
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 impl Prepared {
     /// [`Prepared::read`] on the blocking pool, bounded in time (see
     /// [`crate::files`]).
@@ -201,23 +235,11 @@ impl Prepared {
         let tls = crate::outbound::TlsFiles::read(&config.outbound)
             .map_err(|reason| LoadError::retryable(config, reason))?;
 
-        // Everything that, if changed, makes this a different provider.
-        let mut hasher = Sha256::new();
-        hasher.update(sha256.as_bytes());
-        hasher.update(format!("{config:?}").as_bytes());
-        for (key, value) in &settings {
-            hasher.update(format!("{}:{key}={}:{value}\n", key.len(), value.len()).as_bytes());
-        }
-        let mut names: Vec<_> = secrets.keys().collect();
-        names.sort();
-        for name in names {
-            let value = secrets[name].expose();
-            hasher.update(format!("{}:{name}={}:{value}\n", name.len(), value.len()).as_bytes());
-        }
+        let fingerprint = fingerprint(&sha256, config, &settings, &secrets).map_err(fail)?;
         let origin = Origin {
             component: config.component.clone(),
             sha256,
-            fingerprint: hex::encode(hasher.finalize()),
+            fingerprint,
         };
         Ok(Prepared {
             bytes,
@@ -730,4 +752,84 @@ pub async fn check(
         .status()
         .await
         .map_err(|e| LoadError::retryable(config, format!("status failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> ProviderConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    fn of(config: &ProviderConfig) -> String {
+        fingerprint("digest", config, &[], &HashMap::new()).unwrap()
+    }
+
+    #[test]
+    fn the_fingerprint_comes_from_parsed_values_not_their_debug() {
+        let config = parse(
+            r#"
+            name = "p"
+            component = "p.wasm"
+            settings = { key = "alpha", key-id = "k1" }
+            limits = { cpu_ms = 200 }
+            "#,
+        );
+        // The same values, written another way.
+        let rewritten = parse(
+            r#"
+            component = "p.wasm"   # a comment
+            name = "p"
+            [limits]
+            cpu_ms = 200
+            [settings]
+            key-id = "k1"
+            key = "alpha"
+            "#,
+        );
+        assert_eq!(of(&config), of(&rewritten));
+
+        // `Debug` redacts a literal setting to its length: two configs it
+        // shows alike are still two providers.
+        let same_length = parse(
+            r#"
+            name = "p"
+            component = "p.wasm"
+            settings = { key = "omega", key-id = "k1" }
+            limits = { cpu_ms = 200 }
+            "#,
+        );
+        assert_eq!(format!("{config:?}"), format!("{same_length:?}"));
+        assert_ne!(of(&config), of(&same_length));
+
+        let mut limits = config.clone();
+        limits.limits.cpu_ms = 201;
+        assert_ne!(of(&config), of(&limits));
+        let other_component = fingerprint("other", &config, &[], &HashMap::new()).unwrap();
+        assert_ne!(of(&config), other_component);
+    }
+
+    #[test]
+    fn resolved_settings_and_secrets_are_part_of_the_fingerprint() {
+        let config = parse("name = \"p\"\ncomponent = \"p.wasm\"");
+        let settings = |value: &str| vec![("key".to_owned(), value.to_owned())];
+        let secrets =
+            |value: &str| HashMap::from([("token".to_owned(), Secret::new(value.into()))]);
+        let base = fingerprint("d", &config, &settings("a"), &secrets("t1")).unwrap();
+        assert_ne!(
+            base,
+            fingerprint("d", &config, &settings("b"), &secrets("t1")).unwrap()
+        );
+        assert_ne!(
+            base,
+            fingerprint("d", &config, &settings("a"), &secrets("t2")).unwrap()
+        );
+        // Field boundaries count: "ab" + "" is not "a" + "b".
+        let split = |key: &str, value: &str| vec![(key.to_owned(), value.to_owned())];
+        assert_ne!(
+            fingerprint("d", &config, &split("ab", ""), &HashMap::new()).unwrap(),
+            fingerprint("d", &config, &split("a", "b"), &HashMap::new()).unwrap()
+        );
+    }
 }

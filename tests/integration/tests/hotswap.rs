@@ -269,6 +269,21 @@ async fn key_rotation_by_config_keeps_old_ciphertexts() {
 }
 
 #[tokio::test]
+async fn every_provider_counts_generations_from_one() {
+    let setup = setup(false).await;
+    assert_eq!(setup.gateway.provider("local").await.generation, 1);
+    // A provider a reload adds is built as one at start is.
+    let added = ProviderSpec::local_aes("second", "k2", 2);
+    setup
+        .gateway
+        .rewrite_config(&setup.spec.clone().with_provider(added).primary("local"));
+    let report = setup.gateway.reload().await;
+    assert_eq!(report.swapped, ["second"], "{report:?}");
+    assert_eq!(setup.gateway.provider("second").await.generation, 1);
+    assert_eq!(setup.gateway.provider("local").await.generation, 1);
+}
+
+#[tokio::test]
 async fn reloads_that_would_strand_data_or_move_the_socket_are_refused() {
     let setup = setup(false).await;
     let mut client = setup.gateway.v2().await;
@@ -280,7 +295,8 @@ async fn reloads_that_would_strand_data_or_move_the_socket_are_refused() {
         .with_provider(ProviderSpec::local_aes("second", "s1", 3))
         .primary("local");
     setup.gateway.rewrite_config(&two);
-    assert_eq!(setup.gateway.reload().await.swapped, ["second"]);
+    let report = setup.gateway.reload().await;
+    assert_eq!(report.swapped, ["second"], "{report:?}");
     // Make it primary: Encrypt moves over; the first still decrypts.
     setup.gateway.rewrite_config(&two.clone().primary("second"));
     setup.gateway.reload().await;
