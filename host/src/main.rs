@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use clap::{Parser, Subcommand, ValueEnum};
 use kmsgate::config::Config;
 use kmsgate::proto::{admin, v1beta1, v2};
+use kmsgate::reload::{self, Checked};
 use kmsgate::{client, server, socket, wasm};
 use serde::{Deserialize, Serialize};
 
@@ -51,8 +52,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate the config and load every provider (compile, link, init,
-    /// status) without serving.
+    /// Validate the config, load every provider (compile, link, init) and
+    /// run the swap canary on it when its backend is up, without serving.
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -311,21 +312,20 @@ async fn check(config_path: PathBuf) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut failed = false;
     for provider in &config.providers {
-        match wasm::check(&runtime, provider).await {
-            Ok(status) => println!(
-                "ok    {}: key id {:?}, {}{}",
+        match reload::check(&runtime, provider).await {
+            Ok(Checked::Passed(health)) => println!(
+                "ok    {}: key id {:?}, canary passed{}",
                 provider.name,
-                status.key_id,
-                if status.healthy {
-                    "healthy"
-                } else {
-                    "unhealthy"
-                },
-                if status.detail.is_empty() {
+                health.key_id.unwrap_or_default(),
+                if health.detail.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({})", status.detail)
+                    format!(" ({})", health.detail)
                 }
+            ),
+            Ok(Checked::BackendDown(why)) => println!(
+                "ok    {}: loaded; canary not run, the backend is not healthy: {why}",
+                provider.name
             ),
             Err(error) => {
                 failed = true;
@@ -334,10 +334,10 @@ async fn check(config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
     if failed {
-        bail!("{config_path:?}: some providers failed to load");
+        bail!("{config_path:?}: some providers failed to load or failed the canary");
     }
     println!(
-        "{config_path:?}: config valid, {} provider(s) loaded",
+        "{config_path:?}: config valid, {} provider(s) loaded and checked",
         config.providers.len()
     );
     Ok(())

@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{Config, ProviderConfig};
 use crate::gateway::Gateway;
 use crate::kms::{Call, DecryptItem, KmsProvider};
 use crate::limits;
@@ -364,6 +364,38 @@ impl Reloader {
 /// reload adds, as at start; a swap numbers it after the one it replaces.
 fn serving(provider: WasmProvider, origin: crate::slot::Origin) -> Serving {
     Serving::new(Arc::new(provider), origin, 1)
+}
+
+/// What `kmsgate check` found for one provider.
+pub enum Checked {
+    /// Built, and the swap canary passed: what serves after a reload.
+    Passed(Health),
+    /// Built, but its backend did not answer well enough to run the canary
+    /// (the status, or why it failed); a swap would be refused until it does.
+    BackendDown(String),
+}
+
+/// `kmsgate check` for one provider: builds it as a start or a reload does
+/// and, when its backend answers, runs the canary a swap runs (without
+/// samples: no version serves to hand any over), so that `check` and a
+/// swap agree on what may serve.
+pub async fn check(runtime: &Runtime, config: &ProviderConfig) -> Result<Checked, String> {
+    let candidate = WasmProvider::load(runtime, config)
+        .await
+        .map_err(|e| e.reason)?;
+    match candidate.status().await {
+        Ok(status) if status.healthy => canary(&config.name, &candidate, &[])
+            .await
+            .map(Checked::Passed),
+        Ok(status) => Ok(Checked::BackendDown(format!(
+            "key id {:?}, unhealthy: {}",
+            status.key_id, status.detail
+        ))),
+        Err(crate::error::ProviderError::Unavailable(why)) => {
+            Ok(Checked::BackendDown(format!("backend unavailable: {why}")))
+        }
+        Err(error) => Err(format!("status failed: {error}")),
+    }
 }
 
 /// Proves `candidate` can take over from a version that produced `samples`.

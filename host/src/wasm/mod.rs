@@ -742,18 +742,6 @@ impl KmsProvider for WasmProvider {
     }
 }
 
-/// Loads a provider and runs its checks without serving: `kmsgate check`.
-pub async fn check(
-    runtime: &Runtime,
-    config: &ProviderConfig,
-) -> Result<ProviderStatus, LoadError> {
-    let provider = WasmProvider::load(runtime, config).await?;
-    provider
-        .status()
-        .await
-        .map_err(|e| LoadError::retryable(config, format!("status failed: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

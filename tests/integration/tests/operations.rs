@@ -220,6 +220,36 @@ async fn a_stale_socket_is_recovered_and_a_live_one_is_not_stolen() {
     restarted.wait().unwrap();
 }
 
+/// `kmsgate check` on a config; (success, stdout and stderr).
+fn check(spec: &TestGateway) -> (bool, String) {
+    let (_dir, path) = spec.write_config();
+    let output = Command::new(daemon_binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), all)
+}
+
+#[test]
+fn check_refuses_what_the_swap_canary_refuses() {
+    let (ok, out) =
+        check(&TestGateway::new().with_provider(ProviderSpec::local_aes("local", "k1", 1)));
+    assert!(ok, "{out}");
+    assert!(out.contains("canary passed"), "{out}");
+    // Its init and status are fine; its ciphertexts break the apiserver's
+    // limit, so no swap would let it serve.
+    let (ok, out) =
+        check(&TestGateway::new().with_provider(ProviderSpec::new("big", "fixture_oversized")));
+    assert!(!ok, "{out}");
+    assert!(out.contains("error big: canary"), "{out}");
+}
+
 #[test]
 fn check_names_the_file_and_field_of_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
