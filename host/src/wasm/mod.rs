@@ -756,14 +756,13 @@ mod tests {
 
     #[test]
     fn the_fingerprint_comes_from_parsed_values_not_their_debug() {
-        let config = parse(
-            r#"
+        let text = r#"
             name = "p"
             component = "p.wasm"
             settings = { key = "alpha", key-id = "k1" }
             limits = { cpu_ms = 200 }
-            "#,
-        );
+        "#;
+        let config = parse(text);
         // The same values, written another way.
         let rewritten = parse(
             r#"
@@ -780,14 +779,7 @@ mod tests {
 
         // `Debug` redacts a literal setting to its length: two configs it
         // shows alike are still two providers.
-        let same_length = parse(
-            r#"
-            name = "p"
-            component = "p.wasm"
-            settings = { key = "omega", key-id = "k1" }
-            limits = { cpu_ms = 200 }
-            "#,
-        );
+        let same_length = parse(&text.replace("alpha", "omega"));
         assert_eq!(format!("{config:?}"), format!("{same_length:?}"));
         assert_ne!(of(&config), of(&same_length));
 
