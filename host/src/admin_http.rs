@@ -37,7 +37,6 @@ use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 
 use crate::config::AdminConfig;
-use crate::connections::ACCEPT_ERROR_PAUSE;
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -117,15 +116,10 @@ async fn accept_loop(listener: TcpListener, service: Service, limits: Limits) {
     let failed = LogLimit::default();
     let mut next_id = 0u64;
     loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(error) => {
-                if let Some(skipped) = failed.take() {
-                    tracing::error!(skipped, "accepting on the admin port: {error}; pausing");
-                }
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
+        let Some((tcp, _)) =
+            crate::connections::accepted(listener.accept().await, &failed, "the admin port").await
+        else {
+            continue;
         };
         let id = next_id;
         next_id += 1;

@@ -88,8 +88,19 @@ pub enum Outcome<'a> {
     Neutral,
 }
 
+impl<'a> Outcome<'a> {
+    /// Why the backend is down, for an outcome that says it is.
+    pub fn down(self) -> Option<&'a str> {
+        match self {
+            Outcome::Down(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
 /// Leave to make one call. Say how it went with [`Admission::finish`]; a
-/// probe dropped unfinished (its caller gave up) lets the next call probe.
+/// probe dropped unfinished (its caller gave up) lets a call probe again
+/// after another cool-down.
 #[must_use]
 pub struct Admission<'a> {
     breaker: &'a Breaker,
@@ -319,11 +330,16 @@ mod tests {
 
     #[test]
     fn failures_that_say_nothing_about_the_backend_leave_it_alone() {
+        // A call admitted before the backend went down ends without news:
+        // the breaker stays open.
         let breaker = Breaker::default();
+        let admitted = breaker.admit().unwrap();
         breaker.backend_down("down");
-        let admitted_before = Breaker::default();
-        assert!(!admitted_before.admit().unwrap().finish(Outcome::Neutral));
-        assert_eq!(admitted_before.state(), BreakerState::Closed);
+        assert!(!admitted.finish(Outcome::Neutral));
         assert_eq!(breaker.state(), BreakerState::Open);
+        // And a closed one stays closed.
+        let closed = Breaker::default();
+        assert!(!closed.admit().unwrap().finish(Outcome::Neutral));
+        assert_eq!(closed.state(), BreakerState::Closed);
     }
 }

@@ -145,7 +145,7 @@ pub struct KmsSocketConfig {
     /// Concurrent requests (HTTP/2 streams) per connection; clients queue
     /// beyond it (grpc-go does). Default 64.
     #[serde(default = "default_kms_max_streams")]
-    pub max_streams: u64,
+    pub max_streams: u32,
     /// A connection with no traffic either way for this long is closed, in
     /// milliseconds (kube-apiserver polls Status at least every minute, and
     /// reconnects by itself). Default 300000.
@@ -173,7 +173,7 @@ impl Default for KmsSocketConfig {
 fn default_kms_max_connections() -> u64 {
     16
 }
-fn default_kms_max_streams() -> u64 {
+fn default_kms_max_streams() -> u32 {
     64
 }
 fn default_kms_idle_timeout_ms() -> u64 {
@@ -590,7 +590,10 @@ impl Config {
                 "kms_socket.max_connections",
                 self.kms_socket.max_connections,
             ),
-            ("kms_socket.max_streams", self.kms_socket.max_streams),
+            (
+                "kms_socket.max_streams",
+                u64::from(self.kms_socket.max_streams),
+            ),
             (
                 "kms_socket.idle_timeout_ms",
                 self.kms_socket.idle_timeout_ms,
@@ -760,9 +763,8 @@ impl ProviderConfig {
                 "must be 64 hex digits",
             ));
         }
-        Allowlist::parse(&self.outbound.allowed_hosts)
+        let allowed = Allowlist::parse(&self.outbound.allowed_hosts)
             .map_err(|message| Problem::new(format!("{at}.outbound.allowed_hosts"), message))?;
-        let allowed = Allowlist::parse(&self.outbound.allowed_hosts).unwrap_or_default();
         for (name, secret) in &self.secrets {
             let field = format!("{at}.secrets.{name}");
             if secret.source().is_none() {
@@ -1174,6 +1176,18 @@ mod tests {
         config.providers[0].secrets.remove("missing");
         let secrets = config.providers[0].resolve_secrets().unwrap();
         assert_eq!(secrets["token"].expose(), "s.secret-token");
+    }
+
+    #[test]
+    fn a_stream_limit_past_http2s_range_is_refused_not_truncated() {
+        let text = |streams: u64| {
+            format!(
+                "socket = \"/s\"\n[kms_socket]\nmax_streams = {streams}\n[[providers]]\nname = \"p\"\ncomponent = \"p.wasm\"\n"
+            )
+        };
+        assert_eq!(Config::parse(&text(64)).unwrap().kms_socket.max_streams, 64);
+        // 2^32 would have become 0 streams.
+        assert!(Config::parse(&text(1 << 32)).is_err());
     }
 
     #[test]

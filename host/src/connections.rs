@@ -33,7 +33,27 @@ use crate::log_limit::LogLimit;
 
 /// How long accepting pauses after an accept error (no file descriptors
 /// left, no memory): long enough not to spin, short enough to recover fast.
-pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// A connection `accept` gave, or `None` after an error (out of file
+/// descriptors, say): logged, rate-limited, then a pause, so the accept
+/// loop does not spin while the error lasts.
+pub(crate) async fn accepted<T>(
+    result: io::Result<T>,
+    failed: &LogLimit,
+    listener: &str,
+) -> Option<T> {
+    match result {
+        Ok(connection) => Some(connection),
+        Err(error) => {
+            if let Some(skipped) = failed.take() {
+                tracing::error!(skipped, "accepting on {listener}: {error}; pausing");
+            }
+            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            None
+        }
+    }
+}
 
 /// Accepts on the KMS socket within `max_connections`, for tonic's
 /// `serve_with_incoming`. The accept loop ends when the stream is dropped.
@@ -48,15 +68,10 @@ pub fn kms_incoming(
         let refused = LogLimit::default();
         let failed = LogLimit::default();
         loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    if let Some(skipped) = failed.take() {
-                        tracing::error!(skipped, "accepting on the KMS socket: {error}; pausing");
-                    }
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
+            let Some((stream, _)) =
+                accepted(listener.accept().await, &failed, "the KMS socket").await
+            else {
+                continue;
             };
             let Ok(permit) = budget.clone().try_acquire_owned() else {
                 if let Some(skipped) = refused.take() {
@@ -127,23 +142,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                this.last_activity = Instant::now();
-                Poll::Ready(result)
-            }
-            Poll::Pending => match this.poll_idle(cx) {
-                Poll::Ready(error) => Poll::Ready(Err(error)),
-                Poll::Pending => Poll::Pending,
-            },
-        }
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.settle(cx, polled)
     }
 }
 
 impl<S> Idle<S> {
-    /// Settles a write-side poll: progress is activity; waiting is checked
-    /// against the idle limit.
-    fn written<T>(
+    /// Settles a read or write poll: progress is activity; waiting is
+    /// checked against the idle limit.
+    fn settle<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
@@ -169,13 +176,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.written(cx, written)
+        this.settle(cx, written)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let flushed = Pin::new(&mut this.inner).poll_flush(cx);
-        this.written(cx, flushed)
+        this.settle(cx, flushed)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -189,7 +196,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.written(cx, written)
+        this.settle(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -26,7 +26,9 @@
 //! (`user:password`, and the password alone).
 //!
 //! Encoded forms shorter than [`MIN_NEEDLE`] are skipped: they would match
-//! by chance (so a credential of under 6 bytes is searched for only as is).
+//! by chance. The credential itself is always searched for (exactly and
+//! case-blind); a short one is not in every encoding (hex from 4 bytes,
+//! base64 from 6).
 //! What no search catches: a backend that transforms a credential some
 //! other way (reversed, hashed, encrypted) before sending it back; that is
 //! why a secret goes only to the hosts and headers allowed for it. A
@@ -87,9 +89,6 @@ impl LeakDetector {
                 .find(|(_, needle)| needle.find(haystack).is_some())
             {
                 return Some(name);
-            }
-            if self.folded.is_empty() {
-                continue;
             }
             let lower = haystack.to_ascii_lowercase();
             if let Some((name, _)) = self

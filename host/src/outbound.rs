@@ -533,20 +533,7 @@ mod tests {
     /// A one-shot HTTP server on loopback that answers `body` and hands back
     /// the raw request it saw.
     async fn serve_once(body: &'static str) -> (String, tokio::task::JoinHandle<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0; 4096];
-            let n = socket.read(&mut buf).await.unwrap();
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            socket.write_all(reply.as_bytes()).await.unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
-        });
-        (format!("http://{addr}"), task)
+        answer_once("HTTP/1.1 200 OK".into(), body.into()).await
     }
 
     #[tokio::test]
@@ -670,6 +657,30 @@ mod tests {
         );
         let request = server.await.unwrap().to_lowercase();
         assert!(request.contains("accept-encoding: identity"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn oversize_urls_header_lists_and_header_values_are_refused() {
+        let client = client(&["http://127.0.0.1:1".into()], &[], 1024);
+        let base = "http://127.0.0.1:1/";
+        let long_url = get(format!("{base}{}", "a".repeat(MAX_URL)));
+        let mut many_headers = get(base.into());
+        many_headers.headers = (0..=MAX_HEADERS)
+            .map(|i| (format!("x-h{i}"), "v".into()))
+            .collect();
+        let mut long_value = get(base.into());
+        long_value.headers = vec![("x-long".into(), "v".repeat(MAX_HEADER_VALUE + 1))];
+        for (what, request) in [
+            ("url", long_url),
+            ("headers", many_headers),
+            ("value", long_value),
+        ] {
+            let error = client.send(request).await.unwrap_err();
+            assert!(
+                matches!(&error, OutboundError::InvalidRequest(m) if m.contains("longer than") || m.contains("more than")),
+                "{what}: {error:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -389,7 +389,9 @@ pub async fn check(runtime: &Runtime, config: &ProviderConfig) -> Result<Checked
             .map(Checked::Passed),
         Ok(status) => Ok(Checked::BackendDown(format!(
             "key id {:?}, unhealthy: {}",
-            status.key_id, status.detail
+            // Not yet checked: the canary checks it.
+            crate::sanitize::clean(&status.key_id, crate::sanitize::MAX_DETAIL),
+            status.detail
         ))),
         Err(crate::error::ProviderError::Unavailable(why)) => {
             Ok(Checked::BackendDown(format!("backend unavailable: {why}")))
@@ -424,7 +426,8 @@ pub async fn canary(
     if sealed.key_id != status.key_id {
         return Err(format!(
             "canary: encrypt used key id {:?}, status says {:?}",
-            sealed.key_id, status.key_id
+            crate::sanitize::clean(&sealed.key_id, crate::sanitize::MAX_DETAIL),
+            status.key_id
         ));
     }
     limits::check_ciphertext(&sealed.ciphertext).map_err(|e| format!("canary: {e}"))?;

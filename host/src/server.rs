@@ -47,8 +47,16 @@ pub async fn run(
     // First, before anything slow: from here SIGHUP no longer has its
     // default action (terminate).
     let hangups = listen_for_sighup();
-    for warning in permission_warnings(&config) {
-        tracing::warn!("{warning}");
+    // Metadata of files that may sit on a hung network file system: off
+    // the runtime, bounded in time like every other read.
+    let checked = config.clone();
+    match crate::files::off_runtime("permission checks", move || permission_warnings(&checked))
+        .await
+    {
+        Ok(warnings) => warnings
+            .iter()
+            .for_each(|warning| tracing::warn!("{warning}")),
+        Err(why) => tracing::warn!("{why}"),
     }
     let mut shutdown = Box::pin(shutdown);
     let runtime = Runtime::new(
@@ -163,7 +171,7 @@ pub async fn run(
 /// wins).
 fn kms_server(limits: &crate::config::KmsSocketConfig) -> tonic::transport::Server {
     tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.max_streams as u32)
+        .max_concurrent_streams(limits.max_streams)
         .http2_max_header_list_size(crate::grpc::MAX_HEADER_LIST_BYTES)
         // What a stream, and a connection, may send before the daemon reads
         // it (hyper's default is 1 MiB each).

@@ -293,10 +293,7 @@ impl Slot {
         });
         let outcome = breaker_outcome(result.as_ref().err());
         if self.breaker.checked(outcome) {
-            self.log_breaker(match outcome {
-                Outcome::Down(why) => Some(why),
-                _ => None,
-            });
+            self.log_breaker(outcome.down());
         }
         let mut observed = self.health.write().expect("health lock poisoned");
         if observed.generation != generation {
@@ -442,10 +439,7 @@ impl Slot {
             self.refresh_now.notify_one();
         }
         let outcome = breaker_outcome(error);
-        let down = match outcome {
-            Outcome::Down(why) => Some(why),
-            _ => None,
-        };
+        let down = outcome.down();
         if admission.finish(outcome) {
             self.log_breaker(down);
         }
@@ -596,6 +590,14 @@ mod tests {
             fingerprint: provider.key_id.into(),
         };
         Serving::new(provider, origin, 1)
+    }
+
+    #[test]
+    fn key_ids_a_provider_reports_are_checked() {
+        assert!(check_provider_key_id("p", "k1").is_ok());
+        for bad in ["", "k\n1", "k\u{1b}[31m", &"k".repeat(1024)] {
+            assert!(check_provider_key_id("p", bad).is_err(), "{bad:?}");
+        }
     }
 
     #[tokio::test]

@@ -29,10 +29,14 @@ def test_static_pod_matches_the_config():
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert mounts["socket"] == socket_dir and volumes["socket"]["hostPath"]["path"] == socket_dir
     # The compile cache is a directory kmsgate creates inside a volume of
-    # its own, so it survives container restarts.
+    # its own, so it survives restarts: a node directory, because kubelet
+    # makes an emptyDir writable by everyone and kmsgate refuses a cache
+    # below such a directory.
     cache = Path(config["compile_cache_dir"])
     assert cache.parent == Path(mounts["compile-cache"])
-    assert "emptyDir" in volumes["compile-cache"]
+    cache_volume = volumes["compile-cache"]
+    assert "emptyDir" not in cache_volume
+    assert cache_volume["hostPath"] == {"path": mounts["compile-cache"], "type": "Directory"}
     assert container["args"][:3] == ["serve", "--config", "/etc/kmsgate/kmsgate.toml"]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 

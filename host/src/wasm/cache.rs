@@ -81,26 +81,34 @@ impl CompileCache {
             return Ok((component, Source::Memory));
         }
         let engine = engine.clone();
-        // Trust is checked at every use: a directory (or one above it)
-        // whose owner or mode changed since start is not used.
-        let disk = self.disk.as_ref().filter(|dir| match trusted(dir) {
-            Ok(()) => true,
-            Err(why) => {
-                tracing::warn!(dir = ?dir, "not using the compile cache directory any more: {why}");
-                false
-            }
-        });
-        let file = disk.map(|dir| {
-            let engine_hash = {
-                use std::hash::{Hash, Hasher};
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                engine.precompile_compatibility_hash().hash(&mut hasher);
-                hasher.finish()
-            };
-            dir.join(format!("{sha256}-{engine_hash:016x}.cwasm"))
-        });
-        let source_digest: [u8; 32] = Sha256::digest(&bytes).into();
+        // `sha256` is the digest of `bytes` (`Prepared::read` computed it
+        // and checked the pin against it): no need to hash them again.
+        let source_digest: [u8; 32] = hex::decode(sha256)
+            .ok()
+            .and_then(|digest| digest.try_into().ok())
+            .ok_or_else(|| format!("not a sha256 digest: {sha256:?}"))?;
+        let disk = self.disk.clone();
+        let sha256_hex = sha256.to_owned();
         let (component, source) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            // Trust is checked at every use (off the runtime: it reads the
+            // metadata of every directory above): a directory whose owner
+            // or mode changed since start is not used.
+            let disk = disk.filter(|dir| match trusted(dir) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(dir = ?dir, "not using the compile cache directory any more: {why}");
+                    false
+                }
+            });
+            let file = disk.map(|dir| {
+                let engine_hash = {
+                    use std::hash::{Hash, Hasher};
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    engine.precompile_compatibility_hash().hash(&mut hasher);
+                    hasher.finish()
+                };
+                dir.join(format!("{sha256_hex}-{engine_hash:016x}.cwasm"))
+            });
             if let Some(component) = file
                 .as_deref()
                 .and_then(|file| read_compiled(&engine, file, &source_digest))
