@@ -22,7 +22,7 @@ import pytest
 from grpc_tools import protoc
 
 REPO = Path(__file__).resolve().parents[2]
-PROTO_ROOT = REPO / "host" / "proto"
+PROTO_ROOT = REPO / "crates" / "proto" / "proto"
 DAEMON = REPO / "target" / "release" / "kmsgate"
 COMPONENT = REPO / "target" / "wasm32-wasip2" / "release" / "local_aes.wasm"
 BUILD_HINT = "run scripts/test (it builds the daemon and providers)"

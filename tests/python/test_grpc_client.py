@@ -15,7 +15,7 @@ import pytest
 
 # Long enough for a cold provider call, short enough that a hang fails fast.
 CALL_TIMEOUT_S = 10
-# kmsgate's cap on a v2 ciphertext (host/src/limits.rs), which is the cap
+# kmsgate's cap on a v2 ciphertext (crates/core/src/limits.rs), which is the cap
 # Kubernetes puts on it.
 MAX_CIPHERTEXT_BYTES = 1024
 

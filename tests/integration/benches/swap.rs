@@ -11,14 +11,14 @@
 
 use std::time::{Duration, Instant};
 
-use kmsgate::config::Config;
-use kmsgate::kms::{Call, KmsProvider};
-use kmsgate::secret::Plaintext;
-use kmsgate::wasm::{Runtime, WasmProvider};
+use kmsgate_core::kms::{Call, KmsProvider};
+use kmsgate_core::secret::Plaintext;
+use kmsgate_daemon::config::Config;
 use kmsgate_integration::requests::status;
 use kmsgate_integration::{
     ProviderSpec, TestGateway, component, component_version, write_atomically,
 };
+use kmsgate_wasm::{Runtime, WasmProvider};
 
 const SWAPS: u32 = 20;
 const CALLS: usize = 2_000;
@@ -83,7 +83,7 @@ async fn swap_latencies(watch: bool, reuse_versions: bool) -> Vec<Duration> {
             1000 + round
         };
         let bytes = component_version("local_aes", version);
-        let sha = kmsgate::integrity::sha256_hex(&bytes);
+        let sha = kmsgate_wasm::integrity::sha256_hex(&bytes);
         let started = Instant::now();
         write_atomically(&path, &bytes);
         if !watch {

@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use base64::Engine as _;
-use kmsgate::client::{self, AdminClient, V1beta1Client, V2Client};
-use kmsgate::config::Config;
-use kmsgate::proto::admin::{ProviderInfo, ProvidersRequest, ReloadRequest, ReloadResponse};
-use kmsgate::server::{self, ServeError};
+use kmsgate_daemon::config::Config;
+use kmsgate_daemon::server::{self, ServeError};
+use kmsgate_proto::admin::{ProviderInfo, ProvidersRequest, ReloadRequest, ReloadResponse};
+use kmsgate_proto::client::{self, AdminClient, V1beta1Client, V2Client};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -339,7 +339,7 @@ impl TestGateway {
         crate::write_atomically(path, text.as_bytes());
     }
 
-    /// Runs `kmsgate::server::run` in this process. Returns once the socket
+    /// Runs `kmsgate_daemon::server::run` in this process. Returns once the socket
     /// is bound; calls wait in the socket's backlog until providers load.
     pub async fn start(self) -> RunningGateway {
         let admin_url = self
@@ -348,7 +348,7 @@ impl TestGateway {
         let (dir, path) = self.write_config();
         let config = Config::load(&path).expect("test config is valid");
         let socket_path = config.socket.clone();
-        let socket = kmsgate::socket::bind(&config.socket, 0o600)
+        let socket = kmsgate_daemon::socket::bind(&config.socket, 0o600)
             .await
             .expect("binding the test socket");
         let (stop, stopped) = oneshot::channel::<()>();

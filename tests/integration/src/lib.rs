@@ -1,4 +1,4 @@
-//! The integration-test harness: the real daemon (`kmsgate::server::run`,
+//! The integration-test harness: the real daemon (`kmsgate_daemon::server::run`,
 //! or the `kmsgate` binary when logs must be captured) on a throwaway Unix
 //! socket, real provider components, and a real OpenBao server.
 //!

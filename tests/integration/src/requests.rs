@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use kmsgate::client::V2Client;
-use kmsgate::proto::v2;
+use kmsgate_proto::client::V2Client;
+use kmsgate_proto::v2;
 
 /// A v2 Encrypt of `plaintext`.
 pub fn encrypt(plaintext: &[u8]) -> v2::EncryptRequest {

@@ -97,7 +97,7 @@ async fn a_compiled_file_of_another_component_is_not_run() {
     // Someone puts local-aes's compiled code where the `trapping` fixture's
     // would be.
     let trapping = kmsgate_integration::component("fixture_trapping");
-    let digest = kmsgate::integrity::sha256_hex(&std::fs::read(&trapping).unwrap());
+    let digest = kmsgate_wasm::integrity::sha256_hex(&std::fs::read(&trapping).unwrap());
     let planted = cache.join(format!("{digest}-{engine}"));
     std::fs::copy(&local_aes_file, &planted).unwrap();
 

@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
-use kmsgate::proto::v2;
 use kmsgate_integration::{ProviderSpec, TestGateway, workspace_root};
+use kmsgate_proto::v2;
 use tonic::Code;
 
 /// A healthy `local-aes` (the primary) next to the fixture `name`.
@@ -27,7 +27,7 @@ fn encrypt(plaintext: &[u8]) -> v2::EncryptRequest {
     }
 }
 
-async fn assert_good_provider_still_serves(client: &mut kmsgate::client::V2Client) {
+async fn assert_good_provider_still_serves(client: &mut kmsgate_proto::client::V2Client) {
     let request = v2::DecryptRequest {
         ciphertext: vec![1; 40],
         uid: "u".into(),

@@ -42,7 +42,7 @@ async fn setup(watch: bool) -> SwapSetup {
 }
 
 fn sha256_of(path: &Path) -> String {
-    kmsgate::integrity::sha256_hex(&std::fs::read(path).unwrap())
+    kmsgate_wasm::integrity::sha256_hex(&std::fs::read(path).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! The instance model (`host/src/wasm/mod.rs`): an instance goes back for
+//! The instance model (`crates/wasm/src/provider.rs`): an instance goes back for
 //! another call only after a clean return, never after a trap or a big
 //! memory growth, and at most `limits.calls_per_instance` times.
 //!
@@ -8,9 +8,9 @@
 //! refresher is idle during a test, so one instance serves them all when
 //! reuse is allowed.
 
-use kmsgate::client::V2Client;
 use kmsgate_integration::requests::encrypt;
 use kmsgate_integration::{ProviderSpec, RunningGateway, TestGateway};
+use kmsgate_proto::client::V2Client;
 use tonic::Code;
 
 async fn start(calls_per_instance: Option<i64>) -> RunningGateway {

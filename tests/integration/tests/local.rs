@@ -1,11 +1,11 @@
 //! KMS v2 and v1beta1 over a real Unix socket with the generated client,
 //! against the `local-aes` provider: round trips and bad input.
 
-use kmsgate::proto::{v1beta1, v2};
 use kmsgate_integration::requests::{
     decrypt_raw as decrypt_request, encrypt as encrypt_request, status,
 };
 use kmsgate_integration::{ProviderSpec, TestGateway};
+use kmsgate_proto::{v1beta1, v2};
 use tonic::Code;
 
 #[tokio::test]

@@ -5,8 +5,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use kmsgate::proto::{v1beta1, v2};
 use kmsgate_integration::{OpenBao, ProviderSpec, TestGateway};
+use kmsgate_proto::{v1beta1, v2};
 
 /// Every level of kmsgate and its network stack. The compiler's own trace
 /// output (cranelift, regalloc, wasmtime's code generation) sees only
@@ -66,7 +66,9 @@ async fn no_plaintext_key_or_token_in_trace_logs() {
         .await
         .unwrap_err();
 
-    let mut v1 = kmsgate::client::v1beta1(&daemon.socket).await.unwrap();
+    let mut v1 = kmsgate_proto::client::v1beta1(&daemon.socket)
+        .await
+        .unwrap();
     let request = v1beta1::EncryptRequest {
         version: "v1beta1".into(),
         plain: dek.clone(),

@@ -2,9 +2,9 @@
 //! hostile calls that fill a provider's memory or return huge output.
 //! Alone in its test binary, so that RSS is this test's alone.
 
-use kmsgate::proto::v2;
 use kmsgate_integration::requests::{encrypt, status};
 use kmsgate_integration::{ProviderSpec, TestGateway, component_version, write_atomically};
+use kmsgate_proto::v2;
 
 /// Resident set size of this process, in MiB.
 fn rss_mib() -> f64 {

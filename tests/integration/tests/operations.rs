@@ -68,7 +68,7 @@ async fn livez_stays_up_while_vault_is_down_and_readyz_follows_it() {
     assert_eq!(view["providers"][0]["name"], "vault");
     assert_eq!(
         view["providers"][0]["key_id_hash"],
-        kmsgate::metrics::key_id_hash("vault", "kube:v1")
+        kmsgate_daemon::metrics::key_id_hash("vault", "kube:v1")
     );
     assert!(!view.to_string().contains("kube:v1"), "{view}");
 }
@@ -90,7 +90,9 @@ async fn grpc_health_answers_on_the_kms_socket() {
         .with_provider(ProviderSpec::local_aes("local", "k1", 1))
         .start()
         .await;
-    let channel = kmsgate::client::connect(&gateway.socket).await.unwrap();
+    let channel = kmsgate_proto::client::connect(&gateway.socket)
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel);
     for service in [
         "",
@@ -209,7 +211,7 @@ async fn a_stale_socket_is_recovered_and_a_live_one_is_not_stolen() {
         "the restarted daemon to serve",
         Duration::from_secs(20),
         || async {
-            match kmsgate::client::v2(&socket).await {
+            match kmsgate_proto::client::v2(&socket).await {
                 Ok(mut client) => status(&mut client).await.healthz == "ok",
                 Err(_) => false,
             }

@@ -3,17 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use kmsgate::proto::v1beta1;
 use kmsgate_integration::requests::{
     decrypt as decrypt_request, encrypt as encrypt_request, status,
 };
 use kmsgate_integration::{OpenBao, ProviderSpec, TestGateway, wait_until};
+use kmsgate_proto::v1beta1;
 use tonic::Code;
 
 /// The status refresh interval these tests run with.
 const STATUS_INTERVAL_MS: i64 = 300;
 
-async fn key_id(client: &mut kmsgate::client::V2Client) -> String {
+async fn key_id(client: &mut kmsgate_proto::client::V2Client) -> String {
     status(client).await.key_id
 }
 
@@ -265,9 +265,9 @@ async fn a_wrong_token_is_permission_denied_not_unavailable() {
 
 /// Encrypts `dek-0` .. `dek-{count - 1}`, in order.
 async fn seal_deks(
-    client: &mut kmsgate::client::V2Client,
+    client: &mut kmsgate_proto::client::V2Client,
     count: usize,
-) -> Vec<kmsgate::proto::v2::EncryptResponse> {
+) -> Vec<kmsgate_proto::v2::EncryptResponse> {
     let mut sealed = Vec::with_capacity(count);
     for i in 0..count {
         let request = encrypt_request(format!("dek-{i}").as_bytes());
@@ -280,8 +280,8 @@ async fn seal_deks(
 /// `bad` ciphertext (under key id `vault/kube:v1`), all at once. Returns the
 /// codes of the bad ones; panics if a good one comes back wrong.
 async fn decrypt_all_at_once(
-    client: &kmsgate::client::V2Client,
-    sealed: &[kmsgate::proto::v2::EncryptResponse],
+    client: &kmsgate_proto::client::V2Client,
+    sealed: &[kmsgate_proto::v2::EncryptResponse],
     bad: &[Vec<u8>],
 ) -> Vec<Code> {
     let mut calls = tokio::task::JoinSet::new();

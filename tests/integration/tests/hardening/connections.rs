@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use kmsgate::proto::v2;
 use kmsgate_integration::{ProviderSpec, TestGateway, wait_until};
+use kmsgate_proto::v2;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UnixStream};
 

@@ -26,9 +26,9 @@ mod startup;
 
 use std::time::Duration;
 
-use kmsgate::client::V2Client;
-use kmsgate::proto::v2;
 use kmsgate_integration::{DelayProxy, OpenBao, ProviderSpec, RunningGateway, wait_until};
+use kmsgate_proto::client::V2Client;
+use kmsgate_proto::v2;
 use tonic::Code;
 
 /// `message` with a gRPC deadline, as kube-apiserver sends every call.

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use http::Request;
-use kmsgate::proto::v2;
 use kmsgate_integration::{ProviderSpec, TestGateway};
+use kmsgate_proto::v2;
 use tokio::net::UnixStream;
 use tonic::Code;
 

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use kmsgate::proto::v1beta1;
 use kmsgate_integration::{ProviderSpec, TestGateway, wait_until};
+use kmsgate_proto::v1beta1;
 use tonic::Code;
 
 use crate::{decrypt, encrypt};

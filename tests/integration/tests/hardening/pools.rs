@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use kmsgate::proto::v2;
 use kmsgate_integration::{ProviderSpec, TestGateway};
+use kmsgate_proto::v2;
 use tonic::Code;
 
 use crate::{assert_error, decrypt, encrypt, healthz};

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use kmsgate::proto::v2;
 use kmsgate_integration::{DelayProxy, OpenBao, ProviderSpec, TestGateway, wait_until};
+use kmsgate_proto::v2;
 use tonic::Code;
 
 use crate::{assert_error, encrypt, healthz, vault_behind, wait_until_healthy};

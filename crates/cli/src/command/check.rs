@@ -1,0 +1,59 @@
+//! `kmsgate check`: load every provider as a start or reload would, and run
+//! the swap canary on it, without serving.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use kmsgate_daemon::config::Config;
+use kmsgate_daemon::reload::{self, Checked};
+use kmsgate_wasm::Runtime;
+
+/// Validate the config, load every provider (compile, link, init) and
+/// run the swap canary on it when its backend is up, without serving.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+pub async fn run(
+    Args {
+        config: config_path,
+    }: Args,
+) -> anyhow::Result<()> {
+    let config = Config::load(&config_path)?;
+    // No disk cache: a check writes nothing.
+    let runtime = Runtime::new(None, (config.memory_budget_mib << 20) as usize)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut failed = false;
+    for provider in &config.providers {
+        match reload::check(&runtime, provider).await {
+            Ok(Checked::Passed(health)) => println!(
+                "ok    {}: key id {:?}, canary passed{}",
+                provider.name,
+                health.key_id.unwrap_or_default(),
+                if health.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", health.detail)
+                }
+            ),
+            Ok(Checked::BackendDown(why)) => println!(
+                "ok    {}: loaded; canary not run, the backend is not healthy: {why}",
+                provider.name
+            ),
+            Err(error) => {
+                failed = true;
+                println!("error {}: {error}", provider.name);
+            }
+        }
+    }
+    if failed {
+        bail!("{config_path:?}: some providers failed to load or failed the canary");
+    }
+    println!(
+        "{config_path:?}: config valid, {} provider(s) loaded and checked",
+        config.providers.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! One module per subcommand, each with its clap `Args` and a `run`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub mod bench;
+pub mod check;
+pub mod decrypt;
+pub mod encrypt;
+pub mod providers;
+pub mod reload;
+pub mod serve;
+pub mod status;
+
+/// Which KMS API a client command speaks.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Api {
+    V2,
+    V1beta1,
+}
+
+/// What `encrypt` prints and `decrypt` reads.
+#[derive(Serialize, Deserialize)]
+pub struct Sealed {
+    /// Base64.
+    pub ciphertext: String,
+    /// Empty for v1beta1 (the key id is inside the ciphertext).
+    #[serde(default)]
+    pub key_id: String,
+    /// Values in base64.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}

@@ -1,0 +1,743 @@
+//! The daemon's configuration: one TOML file, read at start and again at
+//! every reload.
+//!
+//! Every struct rejects unknown fields, so a typo is an error rather than a
+//! silently ignored setting. `examples/kmsgate.toml` documents every key and
+//! mirrors these structs. [`Config::validate`] is pure and table-tested;
+//! reading files named by settings and secrets happens later, in
+//! [`ProviderConfig::resolve_settings`] and [`ProviderConfig::resolve_secrets`].
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+pub use kmsgate_wasm::spec::{
+    BatchConfig, CONTROL_INSTANCES, LimitsConfig, MAX_INSTANCES, OutboundConfig, Problem,
+    ProviderConfig, ResolveError, SecretConfig, SecretSource, SettingValue,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Path of the Unix socket kube-apiserver dials (the `endpoint` of the
+    /// EncryptionConfiguration, without `unix://`).
+    pub socket: PathBuf,
+    /// Permission bits of the socket, in octal. Default "0600": only the
+    /// daemon's user (the apiserver runs as root on control-plane nodes).
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// The provider that encrypts and answers Status. Optional when only one
+    /// provider is configured. Every provider can decrypt what it encrypted.
+    #[serde(default)]
+    pub primary: Option<String>,
+    /// How often each provider's status (key id, health) is refreshed in the
+    /// background, in milliseconds. A dead backend shows as unhealthy within
+    /// `status_interval_ms + limits.call_timeout_ms`, or at once when an
+    /// Encrypt or Decrypt sees it unavailable. Default 10000.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+    /// How long SIGTERM/SIGINT waits for in-flight calls before exiting, in
+    /// milliseconds. Default 10000.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Watch the config file, every component and every file a setting or
+    /// secret reads, and reload when one changes. Default true. SIGHUP and
+    /// `kmsgate reload` work either way.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How long files must be quiet after a change before the reload runs,
+    /// in milliseconds, so a file written in several steps is read once.
+    /// Default 300.
+    #[serde(default = "default_reload_debounce_ms")]
+    pub reload_debounce_ms: u64,
+    /// Where compiled components are kept between restarts, so a start
+    /// does not compile again. Must belong to the daemon's user and be
+    /// writable by no one else (created 0700 if missing); otherwise it is
+    /// not used, with a warning. Default: none (compile at every start).
+    #[serde(default)]
+    pub compile_cache_dir: Option<PathBuf>,
+    /// Guest memory all providers' sandboxes may use together, in MiB. A
+    /// provider can use up to `(limits.max_concurrent_calls + 2) ×
+    /// limits.memory_mib`; a config whose providers could together use
+    /// more is refused. Set it below the memory limit of the daemon's pod
+    /// or unit (see docs/security.md for the rest of the worst case).
+    /// Default 4096.
+    #[serde(default = "default_memory_budget_mib")]
+    pub memory_budget_mib: u64,
+    /// Limits on the KMS socket's connections.
+    #[serde(default)]
+    pub kms_socket: KmsSocketConfig,
+    /// The admin HTTP server: probes, metrics, the providers view.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The providers, each a WebAssembly component.
+    pub providers: Vec<ProviderConfig>,
+    /// The file this config was read from (set by [`Config::load`]).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve `/livez`, `/readyz`, `/metrics` and `/providers`. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address to listen on. Default "127.0.0.1:9474": loopback only, so
+    /// probes use `host: 127.0.0.1` with `hostNetwork`. A non-loopback
+    /// address exposes the read-only endpoints to the network.
+    #[serde(default = "default_admin_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Also serve `POST /reload`. Default false; allowed only on a loopback
+    /// `listen` address.
+    #[serde(default)]
+    pub allow_reload: bool,
+    /// Connections open at once, at most; one more closes the oldest, so a
+    /// flood of idle connections cannot keep a probe out. Separate from
+    /// the KMS socket's budget. Default 64.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: u64,
+    /// How long a client has to send its request head, in milliseconds;
+    /// each connection serves one request. Default 5000.
+    #[serde(default = "default_admin_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: default_admin_listen(),
+            allow_reload: false,
+            max_connections: default_admin_max_connections(),
+            header_timeout_ms: default_admin_header_timeout_ms(),
+        }
+    }
+}
+
+fn default_admin_max_connections() -> u64 {
+    64
+}
+fn default_admin_header_timeout_ms() -> u64 {
+    5_000
+}
+
+/// Limits on the KMS socket. Only its owner (and group, with a wider
+/// `socket_mode`) can connect, but a stuck or hostile local client must
+/// still not be able to pin the daemon's memory or file descriptors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsSocketConfig {
+    /// Connections open at once, at most; one more is closed at once (the
+    /// ones already open, kube-apiserver's among them, are kept).
+    /// kube-apiserver uses one per KMS provider entry. Default 16.
+    #[serde(default = "default_kms_max_connections")]
+    pub max_connections: u64,
+    /// Concurrent requests (HTTP/2 streams) per connection; clients queue
+    /// beyond it (grpc-go does). Default 64.
+    #[serde(default = "default_kms_max_streams")]
+    pub max_streams: u32,
+    /// A connection with no traffic either way for this long is closed, in
+    /// milliseconds (kube-apiserver polls Status at least every minute, and
+    /// reconnects by itself). Default 300000.
+    #[serde(default = "default_kms_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// A request not answered within this long is cancelled, however far
+    /// it got (a stream whose body never finishes included), in
+    /// milliseconds; a caller's shorter `grpc-timeout` wins. Must exceed
+    /// every provider's `limits.call_timeout_ms`. Default 30000.
+    #[serde(default = "default_kms_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl Default for KmsSocketConfig {
+    fn default() -> Self {
+        KmsSocketConfig {
+            max_connections: default_kms_max_connections(),
+            max_streams: default_kms_max_streams(),
+            idle_timeout_ms: default_kms_idle_timeout_ms(),
+            request_timeout_ms: default_kms_request_timeout_ms(),
+        }
+    }
+}
+
+fn default_kms_max_connections() -> u64 {
+    16
+}
+fn default_kms_max_streams() -> u32 {
+    64
+}
+fn default_kms_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn default_kms_request_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_admin_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9474))
+}
+
+fn default_socket_mode() -> String {
+    "0600".into()
+}
+fn default_status_interval_ms() -> u64 {
+    10_000
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_reload_debounce_ms() -> u64 {
+    300
+}
+fn default_memory_budget_mib() -> u64 {
+    4096
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading config file {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path:?}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config file {path:?}: `{field}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; relative paths inside it are made
+    /// relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let bytes = kmsgate_core::files::read_bounded(path, kmsgate_core::files::MAX_SMALL_FILE)
+            .map_err(|why| ConfigError::Read {
+                path: path.to_owned(),
+                source: std::io::Error::other(why),
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
+            path: path.to_owned(),
+            source: std::io::Error::other("not UTF-8"),
+        })?;
+        let mut config = Config::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.make_paths_absolute(base);
+        config.validate().map_err(|p| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: p.field,
+            message: p.message,
+        })?;
+        config.path = Some(path.to_owned());
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    fn make_paths_absolute(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.socket);
+        for provider in &mut self.providers {
+            fix(&mut provider.component);
+            for value in provider.settings.values_mut() {
+                if let SettingValue::File { file } = value {
+                    fix(file);
+                }
+            }
+            for secret in provider.secrets.values_mut() {
+                if let Some(file) = &mut secret.file {
+                    fix(file);
+                }
+            }
+            let outbound = &mut provider.outbound;
+            for file in [
+                &mut outbound.ca_file,
+                &mut outbound.client_cert_file,
+                &mut outbound.client_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                fix(file);
+            }
+        }
+    }
+
+    /// Checks everything that can be checked without touching the disk.
+    pub fn validate(&self) -> Result<(), Problem> {
+        self.socket_mode()?;
+        if self.memory_budget_mib == 0 {
+            return Err(Problem::new("memory_budget_mib", "must be greater than 0"));
+        }
+        for (field, value) in [
+            (
+                "kms_socket.max_connections",
+                self.kms_socket.max_connections,
+            ),
+            (
+                "kms_socket.max_streams",
+                u64::from(self.kms_socket.max_streams),
+            ),
+            (
+                "kms_socket.idle_timeout_ms",
+                self.kms_socket.idle_timeout_ms,
+            ),
+            (
+                "kms_socket.request_timeout_ms",
+                self.kms_socket.request_timeout_ms,
+            ),
+            ("admin.max_connections", self.admin.max_connections),
+            ("admin.header_timeout_ms", self.admin.header_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(Problem::new(field, "must be greater than 0"));
+            }
+        }
+        if let Some(provider) = self
+            .providers
+            .iter()
+            .find(|p| p.limits.call_timeout_ms >= self.kms_socket.request_timeout_ms)
+        {
+            return Err(Problem::new(
+                "kms_socket.request_timeout_ms",
+                format!(
+                    "must exceed limits.call_timeout_ms of provider {} ({} ms)",
+                    provider.name, provider.limits.call_timeout_ms
+                ),
+            ));
+        }
+        if self.status_interval_ms < 100 {
+            return Err(Problem::new("status_interval_ms", "must be at least 100"));
+        }
+        if self.admin.allow_reload && !self.admin.listen.ip().is_loopback() {
+            return Err(Problem::new(
+                "admin.allow_reload",
+                "POST /reload is only served on a loopback admin.listen address",
+            ));
+        }
+        if self.providers.is_empty() {
+            return Err(Problem::new("providers", "at least one provider is needed"));
+        }
+        let mut seen = Vec::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            provider.validate(&format!("providers[{i}]"))?;
+            if seen.contains(&&provider.name) {
+                return Err(Problem::new(
+                    format!("providers[{i}].name"),
+                    format!("{:?} is used twice", provider.name),
+                ));
+            }
+            seen.push(&provider.name);
+        }
+        self.primary_name()?;
+        let instances: u64 = self
+            .providers
+            .iter()
+            .map(|p| p.limits.max_concurrent_calls + CONTROL_INSTANCES)
+            .sum();
+        if instances > MAX_INSTANCES {
+            return Err(Problem::new(
+                "providers",
+                format!(
+                    "the providers may hold {instances} instances at once (limits.max_concurrent_calls + {CONTROL_INSTANCES} each); the daemon has {MAX_INSTANCES}"
+                ),
+            ));
+        }
+        let worst = self.worst_case_memory_mib();
+        if worst > self.memory_budget_mib {
+            return Err(Problem::new(
+                "memory_budget_mib",
+                format!(
+                    "the providers may use {worst} MiB of guest memory at once ((limits.max_concurrent_calls + {CONTROL_INSTANCES}) × limits.memory_mib each), more than the budget of {} MiB",
+                    self.memory_budget_mib
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The most guest memory every provider's instances can use together,
+    /// in MiB.
+    pub fn worst_case_memory_mib(&self) -> u64 {
+        self.providers
+            .iter()
+            .map(|p| (p.limits.max_concurrent_calls + CONTROL_INSTANCES) * p.limits.memory_mib)
+            .sum()
+    }
+
+    /// Whether a running daemon can move from `self` to `next` without a
+    /// restart. The socket cannot move, and providers cannot be removed:
+    /// their ciphertexts would no longer decrypt.
+    pub fn reloadable_to(&self, next: &Config) -> Result<(), String> {
+        if next.socket != self.socket || next.socket_mode != self.socket_mode {
+            return Err("socket and socket_mode changes need a restart".into());
+        }
+        for provider in &self.providers {
+            if !next.providers.iter().any(|p| p.name == provider.name) {
+                return Err(format!(
+                    "provider {} was removed; that would strand its ciphertexts, so removal needs a restart",
+                    provider.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every file whose change should trigger a reload.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
+        for provider in &self.providers {
+            files.push(provider.component.clone());
+            files.extend(provider.settings.values().filter_map(|value| match value {
+                SettingValue::File { file } => Some(file.clone()),
+                _ => None,
+            }));
+            files.extend(
+                provider
+                    .secrets
+                    .values()
+                    .filter_map(|secret| secret.file.clone()),
+            );
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// The socket's permission bits.
+    pub fn socket_mode(&self) -> Result<u32, Problem> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| {
+                Problem::new("socket_mode", "must be octal permission bits like \"0600\"")
+            })
+    }
+
+    /// The name of the provider that encrypts.
+    pub fn primary_name(&self) -> Result<&str, Problem> {
+        match (&self.primary, self.providers.as_slice()) {
+            (Some(name), providers) => providers
+                .iter()
+                .find(|p| &p.name == name)
+                .map(|p| p.name.as_str())
+                .ok_or_else(|| Problem::new("primary", format!("no provider is named {name:?}"))),
+            (None, [only]) => Ok(&only.name),
+            (None, _) => Err(Problem::new(
+                "primary",
+                "must name the encrypting provider when several are configured",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    const MINIMAL: &str = r#"
+        socket = "/run/kmsgate.sock"
+        [[providers]]
+        name = "local"
+        component = "local_aes.wasm"
+    "#;
+
+    fn with(extra: &str) -> String {
+        format!("{MINIMAL}\n{extra}")
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.socket_mode().unwrap(), 0o600);
+        assert_eq!(config.primary_name().unwrap(), "local");
+        assert_eq!(config.status_interval_ms, 10_000);
+        let limits = &config.providers[0].limits;
+        assert_eq!(
+            (
+                limits.memory_mib,
+                limits.cpu_ms,
+                limits.call_timeout_ms,
+                limits.calls_per_instance,
+                limits.max_concurrent_calls,
+                limits.max_queued_calls,
+            ),
+            (64, 1000, 5000, 1000, 16, 64)
+        );
+        assert_eq!(config.memory_budget_mib, 4096);
+        assert_eq!(config.worst_case_memory_mib(), 18 * 64);
+        assert!(config.providers[0].outbound.allowed_hosts.is_empty());
+    }
+
+    #[test]
+    fn debug_never_shows_literal_settings() {
+        let config =
+            Config::parse(&with("[providers.settings]\nkey = \"c2VjcmV0LWtleQ==\"")).unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("c2VjcmV0") && shown.contains("16 bytes, redacted"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::parse(&with("typo = 1")).is_err());
+        assert!(Config::parse(&with("[providers.limits]\nmemory = 1")).is_err());
+    }
+
+    #[test]
+    fn settings_and_secrets_take_literals_files_and_env() {
+        let config = Config::parse(&with(
+            r#"
+            [providers.settings]
+            key-id = "k1"
+            port = 8200
+            tls = true
+            key = { file = "key.b64" }
+            [providers.secrets]
+            token = { env = "VAULT_TOKEN" }
+            "#,
+        ))
+        .unwrap();
+        let provider = &config.providers[0];
+        assert_eq!(provider.settings["port"], SettingValue::Integer(8200));
+        assert_eq!(
+            provider.settings["key"],
+            SettingValue::File {
+                file: "key.b64".into()
+            }
+        );
+        assert_eq!(
+            provider.secrets["token"].source(),
+            Some(SecretSource::Env("VAULT_TOKEN".into()))
+        );
+        assert_eq!(
+            provider.secrets["token"].headers,
+            ["x-vault-token", "authorization"]
+        );
+    }
+
+    #[rstest]
+    #[case::bad_socket_mode("socket_mode = \"rw\"", "socket_mode")]
+    #[case::socket_mode_too_big("socket_mode = \"1777\"", "socket_mode")]
+    #[case::tiny_status_interval("status_interval_ms = 5", "status_interval_ms")]
+    #[case::unknown_primary("primary = \"vault\"", "primary")]
+    #[case::zero_budget("memory_budget_mib = 0", "memory_budget_mib")]
+    #[case::no_kms_connections("[kms_socket]\nmax_connections = 0", "kms_socket.max_connections")]
+    #[case::request_timeout_below_call_timeout(
+        "[kms_socket]\nrequest_timeout_ms = 1000",
+        "kms_socket.request_timeout_ms"
+    )]
+    #[case::over_budget("memory_budget_mib = 100", "memory_budget_mib")]
+    #[case::remote_reload(
+        "[admin]\nlisten = \"0.0.0.0:9474\"\nallow_reload = true",
+        "admin.allow_reload"
+    )]
+    fn top_level_problems_name_the_field(#[case] line: &str, #[case] field: &str) {
+        let text = if line.starts_with('[') {
+            format!("{MINIMAL}\n{line}")
+        } else {
+            format!("{line}\n{MINIMAL}")
+        };
+        let problem = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert_eq!(problem.field, field);
+    }
+
+    #[rstest]
+    #[case::uppercase_name("name = \"Local\"", "providers[0].name")]
+    #[case::zero_memory("[providers.limits]\nmemory_mib = 0", "providers[0].limits.memory_mib")]
+    #[case::huge_memory(
+        "[providers.limits]\nmemory_mib = 9000",
+        "providers[0].limits.memory_mib"
+    )]
+    #[case::bad_host(
+        "[providers.outbound]\nallowed_hosts = [\"vault:8200\"]",
+        "providers[0].outbound.allowed_hosts"
+    )]
+    #[case::timeout_order(
+        "[providers.outbound]\nallowed_hosts = [\"http://127.0.0.1:8200\"]\ntimeout_ms = 9000",
+        "providers[0].limits.call_timeout_ms"
+    )]
+    #[case::bad_pin("sha256 = \"abc\"", "providers[0].sha256")]
+    #[case::no_concurrency(
+        "[providers.limits]\nmax_concurrent_calls = 0",
+        "providers[0].limits.max_concurrent_calls"
+    )]
+    #[case::more_instances_than_the_pool(
+        "[providers.limits]\nmax_concurrent_calls = 300\nmemory_mib = 1",
+        "providers"
+    )]
+    #[case::secret_without_source(
+        "[providers.secrets]\ntoken = { headers = [\"x-vault-token\"] }",
+        "providers[0].secrets.token"
+    )]
+    #[case::secret_in_the_host_header(
+        "[providers.secrets]\ntoken = { env = \"T\", headers = [\"host\"] }",
+        "providers[0].secrets.token.headers"
+    )]
+    #[case::secret_in_an_uppercase_header(
+        "[providers.secrets]\ntoken = { env = \"T\", headers = [\"X-Token\"] }",
+        "providers[0].secrets.token.headers"
+    )]
+    #[case::secret_to_a_host_not_allowed(
+        "[providers.secrets]\ntoken = { env = \"T\", hosts = [\"https://evil.example.com\"] }",
+        "providers[0].secrets.token.hosts"
+    )]
+    #[case::half_mtls(
+        "[providers.outbound]\nclient_cert_file = \"c.pem\"",
+        "providers[0].outbound"
+    )]
+    fn provider_problems_name_the_field(#[case] extra: &str, #[case] field: &str) {
+        let component = "component = \"local_aes.wasm\"";
+        let text = if extra.starts_with("name") {
+            MINIMAL.replace("name = \"local\"", extra)
+        } else if extra.starts_with("sha256") {
+            MINIMAL.replace(component, &format!("{component}\n{extra}"))
+        } else {
+            with(extra)
+        };
+        let problem = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert_eq!(problem.field, field, "{problem:?}");
+    }
+
+    #[test]
+    fn reloads_may_not_move_the_socket_or_drop_providers() {
+        let two = Config::parse(&format!(
+            "primary = \"local\"\n{}",
+            with("[[providers]]\nname = \"b\"\ncomponent = \"b.wasm\"")
+        ))
+        .unwrap();
+        let one = Config::parse(MINIMAL).unwrap();
+        assert!(one.reloadable_to(&two).is_ok(), "adding a provider is fine");
+        assert!(
+            two.reloadable_to(&one)
+                .unwrap_err()
+                .contains("provider b was removed")
+        );
+        let moved =
+            Config::parse(&MINIMAL.replace("/run/kmsgate.sock", "/run/other.sock")).unwrap();
+        assert!(one.reloadable_to(&moved).is_err());
+    }
+
+    #[test]
+    fn watched_files_cover_config_components_and_file_settings() {
+        let mut config = Config::parse(&with("[providers.settings]\nkey = { file = \"k\" }\n[providers.secrets]\nt = { file = \"t\" }")).unwrap();
+        config.path = Some("/etc/kmsgate.toml".into());
+        let files = config.watched_files();
+        for file in ["/etc/kmsgate.toml", "local_aes.wasm", "k", "t"] {
+            assert!(files.contains(&PathBuf::from(file)), "{file} in {files:?}");
+        }
+    }
+
+    #[test]
+    fn two_providers_need_a_primary_and_distinct_names() {
+        let two = with("[[providers]]\nname = \"vault\"\ncomponent = \"v.wasm\"");
+        assert_eq!(
+            Config::parse(&two).unwrap().validate().unwrap_err().field,
+            "primary"
+        );
+        let with_primary = format!("primary = \"vault\"\n{two}");
+        assert_eq!(
+            Config::parse(&with_primary)
+                .unwrap()
+                .primary_name()
+                .unwrap(),
+            "vault"
+        );
+        let twice = with("[[providers]]\nname = \"local\"\ncomponent = \"v.wasm\"");
+        let problem = Config::parse(&format!("primary = \"local\"\n{twice}"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(problem.field, "providers[1].name");
+    }
+
+    #[test]
+    fn load_names_the_file_and_makes_paths_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kmsgate.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.providers[0].component,
+            dir.path().join("local_aes.wasm")
+        );
+        std::fs::write(&path, "socket_mode = \"x\"\n".to_owned() + MINIMAL).unwrap();
+        let message = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            message.contains("kmsgate.toml") && message.contains("socket_mode"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn resolving_reads_files_without_putting_contents_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "s.secret-token\n").unwrap();
+        let text = with(&format!(
+            "[providers.secrets]\ntoken = {{ file = {:?} }}\nmissing = {{ file = \"/nonexistent/x\" }}",
+            dir.path().join("token")
+        ));
+        let mut config = Config::parse(&text).unwrap();
+        let error = config.providers[0]
+            .resolve_secrets()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("secret missing") && !error.contains("s.secret-token"));
+        config.providers[0].secrets.remove("missing");
+        let secrets = config.providers[0].resolve_secrets().unwrap();
+        assert_eq!(secrets["token"].expose(), "s.secret-token");
+    }
+
+    #[test]
+    fn a_stream_limit_past_http2s_range_is_refused_not_truncated() {
+        let text = |streams: u64| {
+            format!(
+                "socket = \"/s\"\n[kms_socket]\nmax_streams = {streams}\n[[providers]]\nname = \"p\"\ncomponent = \"p.wasm\"\n"
+            )
+        };
+        assert_eq!(Config::parse(&text(64)).unwrap().kms_socket.max_streams, 64);
+        // 2^32 would have become 0 streams.
+        assert!(Config::parse(&text(1 << 32)).is_err());
+    }
+
+    #[test]
+    fn the_deployment_config_is_valid() {
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kmsgate.toml");
+        let config = Config::load(Path::new(deploy)).unwrap();
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9474");
+    }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/kmsgate.toml");
+        let config = Config::load(Path::new(example)).unwrap();
+        assert_eq!(config.primary_name().unwrap(), "vault");
+        assert_eq!(config.providers.len(), 2);
+    }
+}
