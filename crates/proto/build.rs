@@ -22,6 +22,20 @@ fn main() -> anyhow::Result<()> {
             ".v1beta1.EncryptRequest",
             ".v1beta1.DecryptResponse",
         ])
+        // The providers view is defined once, here, and serialised as JSON
+        // by the admin HTTP port and `kmsgate providers` alike.
+        .type_attribute(
+            ".kmsgate.admin.v1.ProvidersResponse",
+            "#[derive(serde::Serialize)]",
+        )
+        .type_attribute(
+            ".kmsgate.admin.v1.ProviderInfo",
+            "#[derive(serde::Serialize)]",
+        )
+        .field_attribute(
+            ".kmsgate.admin.v1.ProviderInfo.key_id",
+            "#[serde(skip_serializing_if = \"String::is_empty\")]",
+        )
         .compile_fds(fds)
         .context("generating gRPC code for the KMS protos")?;
     Ok(())

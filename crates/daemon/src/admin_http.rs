@@ -36,7 +36,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 
-use crate::config::AdminConfig;
+use crate::config::Admin;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use kmsgate_core::log_limit::LogLimit;
@@ -57,7 +57,7 @@ struct AdminState {
 
 /// Binds `config.listen` and serves until the returned task is aborted.
 pub async fn spawn(
-    config: &AdminConfig,
+    config: &Admin,
     reloader: Arc<Reloader>,
     metrics: Arc<Metrics>,
     serving: Arc<AtomicBool>,
@@ -81,8 +81,8 @@ pub async fn spawn(
         .layer(middleware::from_fn_with_state(bound, guard));
     let service = TowerToHyperService::new(app);
     let limits = Limits {
-        max_connections: config.max_connections as usize,
-        header_timeout: Duration::from_millis(config.header_timeout_ms),
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
     };
     let task = tokio::spawn(accept_loop(listener, service, limits));
     Ok((bound, task))
@@ -266,8 +266,13 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
 }
 
 async fn providers(State(state): State<AdminState>) -> Response {
-    // `ProviderView` serialises key ids only as `key_id_hash`.
-    axum::Json(state.reloader.view()).into_response()
+    // This port has no authentication: key ids are shown only as
+    // `key_id_hash` (an empty `key_id` is left out of the JSON).
+    let mut view = state.reloader.view();
+    for provider in &mut view.providers {
+        provider.key_id.clear();
+    }
+    axum::Json(view).into_response()
 }
 
 async fn reload(State(state): State<AdminState>) -> Response {

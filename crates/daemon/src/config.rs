@@ -1,13 +1,20 @@
 //! The daemon's configuration: one TOML file, read at start and again at
 //! every reload.
 //!
-//! Every struct rejects unknown fields, so a typo is an error rather than a
-//! silently ignored setting. `examples/kmsgate.toml` documents every key and
-//! mirrors these structs. [`Config::validate`] is pure and table-tested;
-//! reading files named by settings and secrets happens later, in
-//! [`ProviderConfig::resolve_settings`] and [`ProviderConfig::resolve_secrets`].
+//! Two layers. [`ConfigFile`] is the file as written (serde schema): every
+//! struct rejects unknown fields, so a typo is an error rather than a
+//! silently ignored setting, and `examples/kmsgate.toml` documents every
+//! key and mirrors these structs. [`ConfigFile::validate`] is pure and
+//! table-tested. [`Config`] is what the daemon uses: built only from a
+//! valid file, with durations as `Duration`, the socket mode as bits and
+//! the primary provider resolved, so nothing downstream re-parses or
+//! `expect`s. Reading the files that settings and secrets name happens when
+//! a provider loads ([`ProviderConfig::resolve_settings`],
+//! [`ProviderConfig::resolve_secrets`]), so a reload re-reads them.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -17,9 +24,10 @@ pub use kmsgate_wasm::spec::{
     ProviderConfig, ResolveError, SecretConfig, SecretSource, SettingValue,
 };
 
+/// The config file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct ConfigFile {
     /// Path of the Unix socket kube-apiserver dials (the `endpoint` of the
     /// EncryptionConfiguration, without `unix://`).
     pub socket: PathBuf,
@@ -73,9 +81,6 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The providers, each a WebAssembly component.
     pub providers: Vec<ProviderConfig>,
-    /// The file this config was read from (set by [`Config::load`]).
-    #[serde(skip)]
-    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,35 +225,9 @@ pub enum ConfigError {
     Resolve(#[from] ResolveError),
 }
 
-impl Config {
-    /// Reads, parses and validates `path`; relative paths inside it are made
-    /// relative to the file's directory.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = kmsgate_core::files::read_bounded(path, kmsgate_core::files::MAX_SMALL_FILE)
-            .map_err(|why| ConfigError::Read {
-                path: path.to_owned(),
-                source: std::io::Error::other(why),
-            })?;
-        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
-            path: path.to_owned(),
-            source: std::io::Error::other("not UTF-8"),
-        })?;
-        let mut config = Config::parse(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.make_paths_absolute(base);
-        config.validate().map_err(|p| ConfigError::Invalid {
-            path: path.to_owned(),
-            field: p.field,
-            message: p.message,
-        })?;
-        config.path = Some(path.to_owned());
-        Ok(config)
-    }
-
-    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+impl ConfigFile {
+    /// Parses the file's text; [`ConfigFile::validate`] checks it.
+    pub fn parse(text: &str) -> Result<ConfigFile, toml::de::Error> {
         toml::from_str(text)
     }
 
@@ -387,6 +366,169 @@ impl Config {
             .sum()
     }
 
+    /// The socket's permission bits.
+    pub fn socket_mode(&self) -> Result<u32, Problem> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| {
+                Problem::new("socket_mode", "must be octal permission bits like \"0600\"")
+            })
+    }
+
+    /// The name of the provider that encrypts.
+    pub fn primary_name(&self) -> Result<&str, Problem> {
+        match (&self.primary, self.providers.as_slice()) {
+            (Some(name), providers) => providers
+                .iter()
+                .find(|p| &p.name == name)
+                .map(|p| p.name.as_str())
+                .ok_or_else(|| Problem::new("primary", format!("no provider is named {name:?}"))),
+            (None, [only]) => Ok(&only.name),
+            (None, _) => Err(Problem::new(
+                "primary",
+                "must name the encrypting provider when several are configured",
+            )),
+        }
+    }
+}
+
+/// The config as the daemon uses it: a [`ConfigFile`] that passed
+/// validation, its paths absolute (when it came from a file), durations
+/// and modes parsed, the primary provider resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this config was read from; `None` for one built from text.
+    pub path: Option<PathBuf>,
+    pub socket: PathBuf,
+    /// Permission bits of the socket.
+    pub socket_mode: u32,
+    /// The provider that encrypts and answers Status; one of `providers`.
+    pub primary: String,
+    pub status_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub watch: bool,
+    pub reload_debounce: Duration,
+    pub compile_cache_dir: Option<PathBuf>,
+    /// Guest memory all providers' sandboxes may use together, in bytes.
+    pub memory_budget_bytes: usize,
+    pub kms_socket: KmsSocket,
+    pub admin: Admin,
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// Limits on the KMS socket's connections ([`KmsSocketConfig`], parsed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsSocket {
+    pub max_connections: usize,
+    pub max_streams: u32,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for KmsSocket {
+    fn default() -> Self {
+        KmsSocket::from(&KmsSocketConfig::default())
+    }
+}
+
+impl From<&KmsSocketConfig> for KmsSocket {
+    fn from(file: &KmsSocketConfig) -> Self {
+        KmsSocket {
+            max_connections: saturating_usize(file.max_connections),
+            max_streams: file.max_streams,
+            idle_timeout: Duration::from_millis(file.idle_timeout_ms),
+            request_timeout: Duration::from_millis(file.request_timeout_ms),
+        }
+    }
+}
+
+/// The admin HTTP server ([`AdminConfig`], parsed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub allow_reload: bool,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+impl From<&AdminConfig> for Admin {
+    fn from(file: &AdminConfig) -> Self {
+        Admin {
+            enabled: file.enabled,
+            listen: file.listen,
+            allow_reload: file.allow_reload,
+            max_connections: saturating_usize(file.max_connections),
+            header_timeout: Duration::from_millis(file.header_timeout_ms),
+        }
+    }
+}
+
+fn saturating_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; relative paths inside it are made
+    /// relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let bytes = kmsgate_core::files::read_bounded(path, kmsgate_core::files::MAX_SMALL_FILE)
+            .map_err(|why| ConfigError::Read {
+                path: path.to_owned(),
+                source: std::io::Error::other(why),
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
+            path: path.to_owned(),
+            source: std::io::Error::other("not UTF-8"),
+        })?;
+        let mut file = ConfigFile::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        file.make_paths_absolute(path.parent().unwrap_or(Path::new(".")));
+        Config::from_file(file, Some(path.to_owned())).map_err(|p| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: p.field,
+            message: p.message,
+        })
+    }
+
+    /// Parses and validates config text that no file holds (tests, benches);
+    /// relative paths stay as written.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let inline = || PathBuf::from("(inline)");
+        let file = ConfigFile::parse(text).map_err(|source| ConfigError::Parse {
+            path: inline(),
+            source: Box::new(source),
+        })?;
+        Config::from_file(file, None).map_err(|p| ConfigError::Invalid {
+            path: inline(),
+            field: p.field,
+            message: p.message,
+        })
+    }
+
+    /// Validates `file` and turns it into the daemon's types.
+    pub fn from_file(file: ConfigFile, path: Option<PathBuf>) -> Result<Config, Problem> {
+        file.validate()?;
+        Ok(Config {
+            path,
+            socket_mode: file.socket_mode()?,
+            primary: file.primary_name()?.to_owned(),
+            status_interval: Duration::from_millis(file.status_interval_ms),
+            shutdown_grace: Duration::from_millis(file.shutdown_grace_ms),
+            watch: file.watch,
+            reload_debounce: Duration::from_millis(file.reload_debounce_ms),
+            memory_budget_bytes: saturating_usize(file.memory_budget_mib.saturating_mul(1 << 20)),
+            kms_socket: KmsSocket::from(&file.kms_socket),
+            admin: Admin::from(&file.admin),
+            socket: file.socket,
+            compile_cache_dir: file.compile_cache_dir,
+            providers: file.providers,
+        })
+    }
+
     /// Whether a running daemon can move from `self` to `next` without a
     /// restart. The socket cannot move, and providers cannot be removed:
     /// their ciphertexts would no longer decrypt.
@@ -425,32 +567,6 @@ impl Config {
         files.dedup();
         files
     }
-
-    /// The socket's permission bits.
-    pub fn socket_mode(&self) -> Result<u32, Problem> {
-        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|mode| *mode <= 0o777)
-            .ok_or_else(|| {
-                Problem::new("socket_mode", "must be octal permission bits like \"0600\"")
-            })
-    }
-
-    /// The name of the provider that encrypts.
-    pub fn primary_name(&self) -> Result<&str, Problem> {
-        match (&self.primary, self.providers.as_slice()) {
-            (Some(name), providers) => providers
-                .iter()
-                .find(|p| &p.name == name)
-                .map(|p| p.name.as_str())
-                .ok_or_else(|| Problem::new("primary", format!("no provider is named {name:?}"))),
-            (None, [only]) => Ok(&only.name),
-            (None, _) => Err(Problem::new(
-                "primary",
-                "must name the encrypting provider when several are configured",
-            )),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -471,11 +587,14 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_documented_defaults() {
-        let config = Config::parse(MINIMAL).unwrap();
-        config.validate().unwrap();
-        assert_eq!(config.socket_mode().unwrap(), 0o600);
-        assert_eq!(config.primary_name().unwrap(), "local");
-        assert_eq!(config.status_interval_ms, 10_000);
+        let file = ConfigFile::parse(MINIMAL).unwrap();
+        assert_eq!(file.worst_case_memory_mib(), 18 * 64);
+        let config = Config::from_file(file, None).unwrap();
+        assert_eq!(config.socket_mode, 0o600);
+        assert_eq!(config.primary, "local");
+        assert_eq!(config.status_interval, Duration::from_secs(10));
+        assert_eq!(config.kms_socket.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.admin.header_timeout, Duration::from_secs(5));
         let limits = &config.providers[0].limits;
         assert_eq!(
             (
@@ -488,15 +607,14 @@ mod tests {
             ),
             (64, 1000, 5000, 1000, 16, 64)
         );
-        assert_eq!(config.memory_budget_mib, 4096);
-        assert_eq!(config.worst_case_memory_mib(), 18 * 64);
+        assert_eq!(config.memory_budget_bytes, 4096 << 20);
         assert!(config.providers[0].outbound.allowed_hosts.is_empty());
     }
 
     #[test]
     fn debug_never_shows_literal_settings() {
         let config =
-            Config::parse(&with("[providers.settings]\nkey = \"c2VjcmV0LWtleQ==\"")).unwrap();
+            ConfigFile::parse(&with("[providers.settings]\nkey = \"c2VjcmV0LWtleQ==\"")).unwrap();
         let shown = format!("{config:?}");
         assert!(
             !shown.contains("c2VjcmV0") && shown.contains("16 bytes, redacted"),
@@ -506,13 +624,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        assert!(Config::parse(&with("typo = 1")).is_err());
-        assert!(Config::parse(&with("[providers.limits]\nmemory = 1")).is_err());
+        assert!(ConfigFile::parse(&with("typo = 1")).is_err());
+        assert!(ConfigFile::parse(&with("[providers.limits]\nmemory = 1")).is_err());
     }
 
     #[test]
     fn settings_and_secrets_take_literals_files_and_env() {
-        let config = Config::parse(&with(
+        let config = ConfigFile::parse(&with(
             r#"
             [providers.settings]
             key-id = "k1"
@@ -564,7 +682,7 @@ mod tests {
         } else {
             format!("{line}\n{MINIMAL}")
         };
-        let problem = Config::parse(&text).unwrap().validate().unwrap_err();
+        let problem = ConfigFile::parse(&text).unwrap().validate().unwrap_err();
         assert_eq!(problem.field, field);
     }
 
@@ -621,7 +739,7 @@ mod tests {
         } else {
             with(extra)
         };
-        let problem = Config::parse(&text).unwrap().validate().unwrap_err();
+        let problem = ConfigFile::parse(&text).unwrap().validate().unwrap_err();
         assert_eq!(problem.field, field, "{problem:?}");
     }
 
@@ -658,19 +776,23 @@ mod tests {
     fn two_providers_need_a_primary_and_distinct_names() {
         let two = with("[[providers]]\nname = \"vault\"\ncomponent = \"v.wasm\"");
         assert_eq!(
-            Config::parse(&two).unwrap().validate().unwrap_err().field,
+            ConfigFile::parse(&two)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .field,
             "primary"
         );
         let with_primary = format!("primary = \"vault\"\n{two}");
         assert_eq!(
-            Config::parse(&with_primary)
+            ConfigFile::parse(&with_primary)
                 .unwrap()
                 .primary_name()
                 .unwrap(),
             "vault"
         );
         let twice = with("[[providers]]\nname = \"local\"\ncomponent = \"v.wasm\"");
-        let problem = Config::parse(&format!("primary = \"local\"\n{twice}"))
+        let problem = ConfigFile::parse(&format!("primary = \"local\"\n{twice}"))
             .unwrap()
             .validate()
             .unwrap_err();
@@ -703,7 +825,7 @@ mod tests {
             "[providers.secrets]\ntoken = {{ file = {:?} }}\nmissing = {{ file = \"/nonexistent/x\" }}",
             dir.path().join("token")
         ));
-        let mut config = Config::parse(&text).unwrap();
+        let mut config = ConfigFile::parse(&text).unwrap();
         let error = config.providers[0]
             .resolve_secrets()
             .unwrap_err()
@@ -721,9 +843,12 @@ mod tests {
                 "socket = \"/s\"\n[kms_socket]\nmax_streams = {streams}\n[[providers]]\nname = \"p\"\ncomponent = \"p.wasm\"\n"
             )
         };
-        assert_eq!(Config::parse(&text(64)).unwrap().kms_socket.max_streams, 64);
+        assert_eq!(
+            ConfigFile::parse(&text(64)).unwrap().kms_socket.max_streams,
+            64
+        );
         // 2^32 would have become 0 streams.
-        assert!(Config::parse(&text(1 << 32)).is_err());
+        assert!(ConfigFile::parse(&text(1 << 32)).is_err());
     }
 
     #[test]
@@ -737,7 +862,7 @@ mod tests {
     fn the_documented_example_is_valid() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/kmsgate.toml");
         let config = Config::load(Path::new(example)).unwrap();
-        assert_eq!(config.primary_name().unwrap(), "vault");
+        assert_eq!(config.primary, "vault");
         assert_eq!(config.providers.len(), 2);
     }
 }

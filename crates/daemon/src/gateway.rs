@@ -51,17 +51,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// `slots` by name; `primary` must be one of them. Does not start the
-    /// refreshers: see [`Gateway::start`].
-    pub fn new(slots: Vec<Slot>, primary: &str, status_interval: Duration) -> Gateway {
-        let slots: HashMap<String, Arc<Slot>> = slots
+    /// The `primary` slot, which encrypts, and the `others`, by name. Does
+    /// not start the refreshers: see [`Gateway::start`].
+    pub fn new(primary: Slot, others: Vec<Slot>, status_interval: Duration) -> Gateway {
+        let primary = Arc::new(primary);
+        let slots: HashMap<String, Arc<Slot>> = others
             .into_iter()
-            .map(|slot| (slot.name().to_string(), Arc::new(slot)))
+            .map(Arc::new)
+            .chain([primary.clone()])
+            .map(|slot| (slot.name().to_string(), slot))
             .collect();
-        let primary = slots
-            .get(primary)
-            .cloned()
-            .expect("the config validation guarantees the primary exists");
         Gateway {
             slots: RwLock::new(slots),
             primary: RwLock::new(primary),
@@ -328,8 +327,8 @@ mod tests {
             1,
         );
         let gateway = Gateway::new(
-            vec![Slot::new("fake".into(), serving)],
-            "fake",
+            Slot::new("fake".into(), serving),
+            Vec::new(),
             Duration::from_secs(60),
         );
         gateway.refresh_all().await;

@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ProviderConfig};
@@ -25,6 +24,7 @@ use crate::slot::{Health, Sample, Serving, Slot, check_provider_key_id};
 use kmsgate_core::kms::{Call, DecryptItem, KmsProvider};
 use kmsgate_core::limits;
 use kmsgate_core::secret::Plaintext;
+use kmsgate_proto::admin::{ProviderInfo, ProvidersResponse};
 use kmsgate_wasm::{Prepared, Runtime, WasmProvider};
 
 /// The uid the canary's calls carry in logs.
@@ -73,51 +73,6 @@ impl ReloadStats {
     }
 }
 
-/// What serves now, for `kmsgate providers` and the admin HTTP view.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProvidersView {
-    pub providers: Vec<ProviderView>,
-    pub reloads_total: u64,
-    pub reload_failures_total: u64,
-    /// Empty when the last reload succeeded.
-    pub last_reload_error: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProviderView {
-    pub name: String,
-    pub primary: bool,
-    pub component: String,
-    pub sha256: String,
-    pub loaded_at_unix_ms: u64,
-    pub generation: u64,
-    pub healthy: bool,
-    /// Namespaced; empty until the provider reported one. Not in the JSON
-    /// view (the unauthenticated admin port): `key_id_hash` is.
-    #[serde(skip_serializing)]
-    pub key_id: String,
-    /// The first 16 hex digits of the SHA-256 of `key_id` (as in
-    /// `/metrics`); empty until there is one.
-    pub key_id_hash: String,
-    pub detail: String,
-    /// Why the last reload of this provider was refused; empty if it was not.
-    pub last_reload_error: String,
-    pub batches_decrypts: bool,
-    pub decrypt_batches: u64,
-    pub decrypt_batch_items: u64,
-    /// Queued decrypts dropped unsent because their caller gave up.
-    pub decrypts_abandoned: u64,
-    /// The circuit breaker: "closed", "open" or "probing".
-    pub breaker: String,
-    /// Calls failed at once while the breaker was open.
-    pub fast_failures: u64,
-    /// Instances alive for callers now, and calls waiting for one.
-    pub instances: u64,
-    pub queued_calls: u64,
-    /// Guest memory of the provider's instances, in bytes.
-    pub sandbox_memory_bytes: u64,
-}
-
 pub struct Reloader {
     runtime: Runtime,
     gateway: Arc<Gateway>,
@@ -147,8 +102,9 @@ impl Reloader {
         &self.gateway
     }
 
-    /// What serves now.
-    pub fn view(&self) -> ProvidersView {
+    /// What serves now: the one providers view, for the admin gRPC service
+    /// (`kmsgate providers`) and the admin HTTP port.
+    pub fn view(&self) -> ProvidersResponse {
         let primary = self.gateway.primary();
         let providers = self
             .gateway
@@ -158,7 +114,7 @@ impl Reloader {
                 let serving = slot.serving();
                 let health = slot.health();
                 let usage = serving.provider.usage();
-                ProviderView {
+                ProviderInfo {
                     name: slot.name().to_string(),
                     primary: slot.name() == primary.name(),
                     component: serving.origin.component.display().to_string(),
@@ -193,7 +149,7 @@ impl Reloader {
                 }
             })
             .collect();
-        ProvidersView {
+        ProvidersResponse {
             providers,
             reloads_total: self.stats.reloads_total.load(Ordering::Relaxed),
             reload_failures_total: self.stats.failures_total.load(Ordering::Relaxed),
@@ -268,7 +224,7 @@ impl Reloader {
             }
         }
 
-        let primary = next.primary_name().expect("validated config has a primary");
+        let primary = next.primary.as_str();
         if self.gateway.primary().name() != primary {
             if self.gateway.set_primary(primary) {
                 tracing::info!(primary, "primary provider changed");

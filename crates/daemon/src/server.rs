@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::config::Config;
+use crate::config::{Config, KmsSocket};
 use crate::gateway::Gateway;
 use crate::grpc::{AdminService, V1beta1Service, V2Service};
 use crate::metrics::Metrics;
@@ -19,6 +19,8 @@ use kmsgate_wasm::{LoadError, Runtime, WasmProvider};
 
 #[derive(Debug, Error)]
 pub enum ServeError {
+    #[error("config: {0}")]
+    Config(String),
     #[error("starting the WebAssembly runtime: {0}")]
     Runtime(String),
     #[error(transparent)]
@@ -36,7 +38,7 @@ pub enum ServeError {
 /// health and the admin service on `socket`, and the admin HTTP server,
 /// until `shutdown` completes. Reloads on SIGHUP, `kmsgate reload`, and
 /// (with `watch`) file changes. On shutdown, gRPC health turns NOT_SERVING,
-/// then in-flight calls get `shutdown_grace_ms` to finish; the socket file is
+/// then in-flight calls get `shutdown_grace` to finish; the socket file is
 /// removed on return. A shutdown while providers load returns at once; a
 /// SIGHUP then is kept and reloads once serving.
 pub async fn run(
@@ -63,7 +65,7 @@ pub async fn run(
     let mut shutdown = Box::pin(shutdown);
     let runtime = Runtime::new(
         config.compile_cache_dir.as_deref(),
-        (config.memory_budget_mib << 20) as usize,
+        config.memory_budget_bytes,
     )
     .map_err(|e| ServeError::Runtime(e.to_string()))?;
     let starting = async {
@@ -81,9 +83,9 @@ pub async fn run(
     let status = gateway.status();
     tracing::info!(socket = ?socket.path(), key_id = %status.key_id, healthz = %status.healthz, "serving");
 
-    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let grace = config.shutdown_grace;
     let kms_socket = config.kms_socket.clone();
-    let debounce = Duration::from_millis(config.reload_debounce_ms);
+    let debounce = config.reload_debounce;
     let watch = config.watch;
     let admin = config.admin.clone();
     let metrics = Arc::new(Metrics::new());
@@ -171,7 +173,7 @@ pub async fn run(
 /// streams, header size, flow-control windows, and how long any request
 /// may take (a half-open stream included; a caller's shorter grpc-timeout
 /// wins).
-fn kms_server(limits: &crate::config::KmsSocketConfig) -> tonic::transport::Server {
+fn kms_server(limits: &KmsSocket) -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams)
         .http2_max_header_list_size(crate::grpc::MAX_HEADER_LIST_BYTES)
@@ -179,21 +181,21 @@ fn kms_server(limits: &crate::config::KmsSocketConfig) -> tonic::transport::Serv
         // it (hyper's default is 1 MiB each).
         .initial_stream_window_size(crate::grpc::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(crate::grpc::CONNECTION_WINDOW_BYTES)
-        .timeout(Duration::from_millis(limits.request_timeout_ms))
+        .timeout(limits.request_timeout)
 }
 
 /// The KMS socket's connections, within its connection cap and idle
 /// timeout ([`crate::connections`]).
 fn kms_connections(
     socket: &mut BoundSocket,
-    limits: &crate::config::KmsSocketConfig,
+    limits: &KmsSocket,
 ) -> tokio_stream::wrappers::ReceiverStream<
     std::io::Result<crate::connections::Idle<tokio::net::UnixStream>>,
 > {
     crate::connections::kms_incoming(
         socket.take_listener(),
-        limits.max_connections as usize,
-        Duration::from_millis(limits.idle_timeout_ms),
+        limits.max_connections,
+        limits.idle_timeout,
     )
 }
 
@@ -235,14 +237,14 @@ pub async fn load_gateway(runtime: &Runtime, config: &Config) -> Result<Gateway,
         };
         slots.push(Slot::new(provider_config.name.clone(), serving));
     }
-    let primary = config
-        .primary_name()
-        .expect("validated config has a primary");
-    Ok(Gateway::new(
-        slots,
-        primary,
-        Duration::from_millis(config.status_interval_ms),
-    ))
+    // `Config` resolved `primary` to one of its providers, and there is a
+    // slot for each.
+    let at = slots
+        .iter()
+        .position(|slot: &Slot| slot.name() == config.primary)
+        .ok_or_else(|| ServeError::Config(format!("no provider is named {:?}", config.primary)))?;
+    let primary = slots.swap_remove(at);
+    Ok(Gateway::new(primary, slots, config.status_interval))
 }
 
 /// A provider that batches decrypts gets the swap canary at start too, when
@@ -289,9 +291,8 @@ pub fn permission_warnings(config: &Config) -> Vec<String> {
             "the socket's directory {dir:?} is writable by every user: one could put its own socket in kmsgate's place before a restart"
         ));
     }
-    if let Ok(mode) = config.socket_mode()
-        && mode & !0o660 != 0
-    {
+    let mode = config.socket_mode;
+    if mode & !0o660 != 0 {
         warnings.push(format!(
             "socket_mode {mode:04o} is wider than 0660: users beyond the daemon's user and group can call the KMS API"
         ));
@@ -393,14 +394,14 @@ pub async fn run_native(
         1,
     );
     let gateway = Arc::new(Gateway::new(
-        vec![Slot::new(name.into(), serving)],
-        name,
+        Slot::new(name.into(), serving),
+        Vec::new(),
         Duration::from_secs(10),
     ));
     gateway.start().await;
     let metrics = Arc::new(Metrics::new());
     tracing::info!(socket = ?socket.path(), "serving a native provider");
-    let limits = crate::config::KmsSocketConfig::default();
+    let limits = KmsSocket::default();
     kms_server(&limits)
         .add_service(V2Service::server(gateway.clone(), metrics.clone()))
         .add_service(V1beta1Service::server(gateway, metrics))

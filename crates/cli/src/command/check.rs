@@ -23,8 +23,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     // No disk cache: a check writes nothing.
-    let runtime = Runtime::new(None, (config.memory_budget_mib << 20) as usize)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime =
+        Runtime::new(None, config.memory_budget_bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut failed = false;
     for provider in &config.providers {
         match reload::check(&runtime, provider).await {

@@ -26,8 +26,7 @@ pub async fn run(
         tokio::signal::unix::SignalKind::hangup(),
     )?);
     let config = Config::load(&config_path)?;
-    let mode = config.socket_mode().expect("validated");
-    let socket = socket::bind(&config.socket, mode).await?;
+    let socket = socket::bind(&config.socket, config.socket_mode).await?;
     server::run(config, socket, shutdown).await?;
     Ok(())
 }
