@@ -3,8 +3,7 @@
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use kmsgate_provider::base64;
 
 /// The only format version so far; the first byte of every ciphertext.
 const FORMAT_V1: u8 = 1;
@@ -49,9 +48,7 @@ impl std::fmt::Display for Error {
 
 impl Key {
     pub fn from_base64(encoded: &str) -> Result<Key, Error> {
-        let mut bytes = STANDARD
-            .decode(encoded.trim())
-            .map_err(|_| Error::KeyEncoding)?;
+        let mut bytes = base64::decode(encoded.trim()).map_err(|_| Error::KeyEncoding)?;
         let key = Aes256Gcm::new_from_slice(&bytes).map_err(|_| Error::KeyLength(bytes.len()));
         bytes.fill(0);
         key.map(Key)
@@ -101,7 +98,7 @@ mod tests {
     use super::*;
 
     fn key(byte: u8) -> Key {
-        Key::from_base64(&STANDARD.encode([byte; 32])).unwrap()
+        Key::from_base64(&base64::encode([byte; 32])).unwrap()
     }
 
     #[test]
@@ -131,7 +128,7 @@ mod tests {
     fn keys_must_be_32_bytes_of_base64() {
         assert_eq!(Key::from_base64("%%").unwrap_err(), Error::KeyEncoding);
         assert_eq!(
-            Key::from_base64(&STANDARD.encode([0; 16])).unwrap_err(),
+            Key::from_base64(&base64::encode([0; 16])).unwrap_err(),
             Error::KeyLength(16)
         );
     }

@@ -1,12 +1,12 @@
 //! The Transit HTTP API as plain data: requests, response parsing and error
 //! classification; settings and key ids live in [`settings`]. Nothing here
-//! touches the component bindings, so all of it is tested natively
+//! calls the host, so all of it is tested natively
 //! (`cargo test -p vault-transit`).
 
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use kmsgate_provider::http::{self, Method, Request};
+use kmsgate_provider::{KmsError, base64};
 use serde::{Deserialize, Serialize};
 
 mod settings;
@@ -24,19 +24,6 @@ const MAX_MESSAGE: usize = 200;
 /// Every Transit ciphertext starts with this, then the key version and `:`.
 /// OpenBao kept the prefix for compatibility.
 const CIPHERTEXT_PREFIX: &str = "vault:v";
-
-/// Why an operation failed; `lib.rs` maps each case to the `kms-error` case
-/// of the same name. Messages never hold plaintext, tokens or ciphertexts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Error {
-    InvalidArgument(String),
-    InvalidConfig(String),
-    InvalidCiphertext(String),
-    UnknownKey(String),
-    PermissionDenied(String),
-    Unavailable(String),
-    Internal(String),
-}
 
 /// The Transit call being made, for error messages and classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,37 +56,6 @@ pub struct KeyInfo {
     /// Absent in old Vault versions; `false` for signing-only key types.
     #[serde(default)]
     pub supports_encryption: Option<bool>,
-}
-
-/// The HTTP methods this provider uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Post,
-}
-
-/// An HTTP request for the host's `outbound-http.send`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Request {
-    pub method: Method,
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    /// (header, secret name) pairs the host resolves; always the token.
-    pub secret_headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-/// The body may hold a base64 plaintext, so `Debug` shows only its length.
-impl fmt::Debug for Request {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Request")
-            .field("method", &self.method)
-            .field("url", &self.url)
-            .field("headers", &self.headers)
-            .field("secret_headers", &self.secret_headers)
-            .field("body", &format_args!("<{} bytes>", self.body.len()))
-            .finish()
-    }
 }
 
 #[derive(Serialize)]
@@ -161,23 +117,27 @@ struct ErrorBody {
 impl Settings {
     /// `GET {address}/v1/{mount}/keys/{key}`.
     pub fn read_key_request(&self) -> Request {
-        self.request(Method::Get, "keys", Vec::new())
+        self.request(Method::Get, "keys")
     }
 
     /// `POST .../encrypt/{key}` with an explicit `key_version`, returning the
     /// request and that version.
-    pub fn encrypt_request(&self, key_id: &str, plaintext: &[u8]) -> Result<(Request, u32), Error> {
+    pub fn encrypt_request(
+        &self,
+        key_id: &str,
+        plaintext: &[u8],
+    ) -> Result<(Request, u32), KmsError> {
         if plaintext.is_empty() {
-            return Err(Error::InvalidArgument("plaintext is empty".into()));
+            return Err(KmsError::InvalidArgument("plaintext is empty".into()));
         }
         let key_version = self.key_version(key_id)?;
-        let encoded = STANDARD.encode(plaintext);
+        let encoded = base64::encode(plaintext);
         let body = EncryptBody {
             plaintext: &encoded,
             key_version,
         };
         Ok((
-            self.request(Method::Post, "encrypt", to_json(&body)),
+            self.request(Method::Post, "encrypt").json(&body),
             key_version,
         ))
     }
@@ -185,20 +145,24 @@ impl Settings {
     /// `POST .../decrypt/{key}`, after checking that the ciphertext is a
     /// Transit ciphertext of the version `key_id` names; anything else never
     /// reaches Vault.
-    pub fn decrypt_request(&self, key_id: &str, ciphertext: &[u8]) -> Result<Request, Error> {
+    pub fn decrypt_request(&self, key_id: &str, ciphertext: &[u8]) -> Result<Request, KmsError> {
         let body = DecryptBody {
             ciphertext: self.decrypt_text(key_id, ciphertext)?,
         };
-        Ok(self.request(Method::Post, "decrypt", to_json(&body)))
+        Ok(self.request(Method::Post, "decrypt").json(&body))
     }
 
     /// The ciphertext as Transit takes it, if it is a Transit ciphertext of
     /// the version `key_id` names.
-    pub fn decrypt_text<'a>(&self, key_id: &str, ciphertext: &'a [u8]) -> Result<&'a str, Error> {
+    pub fn decrypt_text<'a>(
+        &self,
+        key_id: &str,
+        ciphertext: &'a [u8],
+    ) -> Result<&'a str, KmsError> {
         let key_version = self.key_version(key_id)?;
-        let (text, version) = split_ciphertext(ciphertext).map_err(Error::InvalidCiphertext)?;
+        let (text, version) = split_ciphertext(ciphertext).map_err(KmsError::InvalidCiphertext)?;
         if version != key_version {
-            return Err(Error::InvalidCiphertext(format!(
+            return Err(KmsError::InvalidCiphertext(format!(
                 "ciphertext is for key version {version}, key id says {key_version}"
             )));
         }
@@ -216,7 +180,7 @@ impl Settings {
                 .collect(),
             partial_failure_response_code: 200,
         };
-        self.request(Method::Post, "decrypt", to_json(&body))
+        self.request(Method::Post, "decrypt").json(&body)
     }
 
     /// Parses a batch decrypt answer into one result per item. An answer
@@ -228,14 +192,14 @@ impl Settings {
         status: u16,
         body: &[u8],
         expected: usize,
-    ) -> Result<Vec<Result<Vec<u8>, Error>>, Error> {
+    ) -> Result<Vec<Result<Vec<u8>, KmsError>>, KmsError> {
         let parsed = serde_json::from_slice::<Envelope<DecryptBatchData>>(body)
             .ok()
             .map(|envelope| envelope.data.batch_results)
             .filter(|results| results.len() == expected);
         let Some(results) = parsed.filter(|_| (200..300).contains(&status) || status == 400) else {
             return Err(match self.check(Action::Decrypt, status, body.to_vec()) {
-                Ok(_) => Error::Internal(format!(
+                Ok(_) => KmsError::Internal(format!(
                     "Vault's batch decrypt answer does not hold {expected} results"
                 )),
                 Err(error) => error,
@@ -247,8 +211,8 @@ impl Settings {
                 Some(message) => {
                     Err(self.classify_message(Action::Decrypt, 400, Some(truncate(message.trim()))))
                 }
-                None => STANDARD.decode(item.plaintext.as_bytes()).map_err(|_| {
-                    Error::Internal(
+                None => base64::decode(item.plaintext).map_err(|_| {
+                    KmsError::Internal(
                         "Vault's batch decrypt answer holds a plaintext that is not base64".into(),
                     )
                 }),
@@ -256,25 +220,19 @@ impl Settings {
             .collect())
     }
 
-    fn request(&self, method: Method, endpoint: &str, body: Vec<u8>) -> Request {
-        let mut headers = Vec::new();
+    /// A request to `{address}/v1/{mount}/{endpoint}/{key}` that asks the
+    /// host for the token (and sends the namespace, if any).
+    fn request(&self, method: Method, endpoint: &str) -> Request {
+        let url = format!("{}/v1/{}/{endpoint}/{}", self.address, self.mount, self.key);
+        let mut request = Request::new(method, url);
         if let Some(ns) = &self.namespace {
-            headers.push((NAMESPACE_HEADER.to_string(), ns.clone()));
+            request = request.header(NAMESPACE_HEADER, ns);
         }
-        if method == Method::Post {
-            headers.push(("content-type".to_string(), "application/json".to_string()));
-        }
-        Request {
-            method,
-            url: format!("{}/v1/{}/{endpoint}/{}", self.address, self.mount, self.key),
-            headers,
-            secret_headers: vec![(TOKEN_HEADER.to_string(), TOKEN_SECRET.to_string())],
-            body,
-        }
+        request.secret_header(TOKEN_HEADER, TOKEN_SECRET)
     }
 
-    /// Passes a 2xx body through; turns anything else into an [`Error`].
-    pub fn check(&self, action: Action, status: u16, body: Vec<u8>) -> Result<Vec<u8>, Error> {
+    /// Passes a 2xx body through; turns anything else into a [`KmsError`].
+    pub fn check(&self, action: Action, status: u16, body: Vec<u8>) -> Result<Vec<u8>, KmsError> {
         if (200..300).contains(&status) {
             Ok(body)
         } else {
@@ -283,12 +241,13 @@ impl Settings {
     }
 
     /// Classifies a failed answer by status code and Vault's `errors`.
-    pub fn classify(&self, action: Action, status: u16, body: &[u8]) -> Error {
+    pub fn classify(&self, action: Action, status: u16, body: &[u8]) -> KmsError {
         self.classify_message(action, status, vault_message(body))
     }
 
-    /// Classifies by status code and Vault's error text (already cut).
-    fn classify_message(&self, action: Action, status: u16, message: Option<String>) -> Error {
+    /// Classifies by Vault's error text (already cut), then by status code
+    /// as the SDK does.
+    fn classify_message(&self, action: Action, status: u16, message: Option<String>) -> KmsError {
         let lower = message.as_deref().unwrap_or_default().to_ascii_lowercase();
         let has = |needle: &str| lower.contains(needle);
         let detail = match &message {
@@ -302,46 +261,50 @@ impl Settings {
             ),
         };
 
-        if status == 429 || status >= 500 || has("sealed") {
-            Error::Unavailable(detail)
-        } else if matches!(status, 401 | 403)
-            || has("permission denied")
-            || has("missing client token")
-        {
-            Error::PermissionDenied(detail)
+        if has("sealed") {
+            return KmsError::Unavailable(detail);
+        }
+        // 429 and 5xx are unavailable, 401 and 403 permission-denied;
+        // whatever the SDK cannot place is for Vault's words to decide.
+        let detail = match http::status_error(status, detail) {
+            KmsError::Internal(detail) => detail,
+            decided => return decided,
+        };
+        if has("permission denied") || has("missing client token") {
+            KmsError::PermissionDenied(detail)
         } else if has("no handler for route") || has("unsupported path") {
-            Error::InvalidConfig(format!("{detail} (is setting `mount` a Transit mount?)"))
+            KmsError::InvalidConfig(format!("{detail} (is setting `mount` a Transit mount?)"))
         } else if (status == 404 && action == Action::ReadKey) || has("encryption key not found") {
-            Error::UnknownKey(format!(
+            KmsError::UnknownKey(format!(
                 "{detail} (kmsgate never creates keys: `vault write -f {}/keys/{}`)",
                 self.mount, self.key
             ))
         } else if has("requested version for encryption") {
             // The key id's version is past the latest or below the minimum
             // encryption version: the host must take a new key id from status.
-            Error::UnknownKey(detail)
+            KmsError::UnknownKey(detail)
         } else if status == 400
             && (has("invalid ciphertext")
                 || has("message authentication failed")
                 || has("disallowed by policy"))
         {
-            Error::InvalidCiphertext(detail)
+            KmsError::InvalidCiphertext(detail)
         } else {
-            Error::Internal(detail)
+            KmsError::Internal(detail)
         }
     }
 
     /// Parses the key read, refusing keys that cannot encrypt.
-    pub fn parse_key(&self, body: &[u8]) -> Result<KeyInfo, Error> {
-        let info: KeyInfo = parse_data(Action::ReadKey, body)?;
+    pub fn parse_key(&self, body: &[u8]) -> Result<KeyInfo, KmsError> {
+        let info: KeyInfo = self.parse_data(Action::ReadKey, body)?;
         if info.latest_version == 0 {
-            return Err(Error::Internal(format!(
+            return Err(KmsError::Internal(format!(
                 "transit key {} reports latest version 0",
                 self.key
             )));
         }
         if info.supports_encryption == Some(false) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(KmsError::InvalidConfig(format!(
                 "transit key {} has type {:?}, which cannot encrypt",
                 self.key, info.key_type
             )));
@@ -350,10 +313,10 @@ impl Settings {
     }
 
     /// Parses an encrypt answer, which must be for `version` exactly.
-    pub fn parse_encrypt(&self, version: u32, body: &[u8]) -> Result<String, Error> {
-        let data: EncryptData = parse_data(Action::Encrypt, body)?;
+    pub fn parse_encrypt(&self, version: u32, body: &[u8]) -> Result<String, KmsError> {
+        let data: EncryptData = self.parse_data(Action::Encrypt, body)?;
         let mismatch = |got: String| {
-            Error::Internal(format!(
+            KmsError::Internal(format!(
                 "Vault encrypted with transit key {} version {got}, not the requested {version}",
                 self.key
             ))
@@ -364,37 +327,30 @@ impl Settings {
         match split_ciphertext(data.ciphertext.as_bytes()) {
             Ok((_, got)) if got == version => Ok(data.ciphertext),
             Ok((_, got)) => Err(mismatch(got.to_string())),
-            Err(reason) => Err(Error::Internal(format!("Vault's encrypt answer: {reason}"))),
+            Err(reason) => Err(KmsError::Internal(format!(
+                "Vault's encrypt answer: {reason}"
+            ))),
         }
     }
 
     /// Parses a decrypt answer into the plaintext bytes.
-    pub fn parse_decrypt(&self, body: &[u8]) -> Result<Vec<u8>, Error> {
-        let data: DecryptData = parse_data(Action::Decrypt, body)?;
-        STANDARD.decode(data.plaintext.as_bytes()).map_err(|_| {
-            Error::Internal("Vault's decrypt answer holds a plaintext that is not base64".into())
+    pub fn parse_decrypt(&self, body: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let data: DecryptData = self.parse_data(Action::Decrypt, body)?;
+        base64::decode(data.plaintext).map_err(|_| {
+            KmsError::Internal("Vault's decrypt answer holds a plaintext that is not base64".into())
         })
     }
-}
 
-/// Parses `{"data": T}`. The serde message is left out on purpose: it can
-/// quote the offending value, which may be a plaintext.
-fn parse_data<T: for<'de> Deserialize<'de>>(action: Action, body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice::<Envelope<T>>(body)
-        .map(|envelope| envelope.data)
-        .map_err(|e| {
-            Error::Internal(format!(
-                "unexpected answer from Vault {action} the transit key ({:?} error at line {} column {})",
-                e.classify(),
-                e.line(),
-                e.column()
-            ))
-        })
-}
-
-fn to_json(body: &impl Serialize) -> Vec<u8> {
-    // Serialising a struct of strings and integers cannot fail.
-    serde_json::to_vec(body).expect("JSON body")
+    /// Parses `{"data": T}`; errors never quote the body, which may hold a
+    /// plaintext ([`http::from_json`]).
+    fn parse_data<T: for<'de> Deserialize<'de>>(
+        &self,
+        action: Action,
+        body: &[u8],
+    ) -> Result<T, KmsError> {
+        let context = format!("{action} transit key {}", self.key);
+        http::from_json::<Envelope<T>>(body, &context).map(|envelope| envelope.data)
+    }
 }
 
 /// The joined `errors` of a Vault error body, if it has any.

@@ -1,7 +1,9 @@
 //! The provider's settings and the key id format they define
 //! (`{key}:v{N}`). Pure, like the rest of [`super`].
 
-use super::{Error, truncate};
+use kmsgate_provider::KmsError;
+
+use super::truncate;
 
 const DEFAULT_MOUNT: &str = "transit";
 /// Keeps key ids far below the 1000 bytes the WIT allows.
@@ -21,18 +23,16 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The setting names [`Settings::from_lookup`] reads.
-    pub const NAMES: [&'static str; 4] = ["address", "mount", "key", "namespace"];
-
     /// Reads and validates the settings; blank values count as unset.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, Error> {
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, KmsError> {
         let value = |name: &str| {
             get(name)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
         let required = |name: &str| {
-            value(name).ok_or_else(|| Error::InvalidConfig(format!("setting `{name}` is missing")))
+            value(name)
+                .ok_or_else(|| KmsError::InvalidConfig(format!("setting `{name}` is missing")))
         };
 
         let address = parse_address(&required("address")?)?;
@@ -40,7 +40,7 @@ impl Settings {
         let mount = check_path("mount", mount.trim_matches('/'))?;
         let key = required("key")?;
         if key.len() > MAX_KEY_NAME || !is_name(&key) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(KmsError::InvalidConfig(format!(
                 "setting `key` must be 1..={MAX_KEY_NAME} characters of A-Z a-z 0-9 _ . -"
             )));
         }
@@ -62,9 +62,9 @@ impl Settings {
 
     /// The version named by `key_id`, which must be `{key}:v{N}` for the
     /// configured key.
-    pub fn key_version(&self, key_id: &str) -> Result<u32, Error> {
+    pub fn key_version(&self, key_id: &str) -> Result<u32, KmsError> {
         let unknown = || {
-            Error::UnknownKey(format!(
+            KmsError::UnknownKey(format!(
                 "key id {:?} is not `{}:v<version>`",
                 truncate(key_id),
                 self.key
@@ -88,8 +88,8 @@ pub(super) fn parse_version(s: &str) -> Option<u32> {
 
 /// `scheme://host[:port]`, with trailing `/` removed. The value is not
 /// quoted in errors: it could carry credentials in a userinfo part.
-fn parse_address(raw: &str) -> Result<String, Error> {
-    let invalid = |why: &str| Error::InvalidConfig(format!("setting `address` {why}"));
+fn parse_address(raw: &str) -> Result<String, KmsError> {
+    let invalid = |why: &str| KmsError::InvalidConfig(format!("setting `address` {why}"));
     let address = raw.trim_end_matches('/');
     let authority = address
         .strip_prefix("https://")
@@ -109,11 +109,11 @@ fn parse_address(raw: &str) -> Result<String, Error> {
 }
 
 /// A `/`-separated path of names, as Vault mounts and namespaces are.
-fn check_path(setting: &str, path: &str) -> Result<String, Error> {
+fn check_path(setting: &str, path: &str) -> Result<String, KmsError> {
     if path.split('/').all(is_name) {
         Ok(path.to_string())
     } else {
-        Err(Error::InvalidConfig(format!(
+        Err(KmsError::InvalidConfig(format!(
             "setting `{setting}` must be names of A-Z a-z 0-9 _ . - separated by `/`"
         )))
     }
@@ -134,7 +134,7 @@ mod tests {
 
     use super::*;
 
-    fn settings_from(pairs: &[(&str, &str)]) -> Result<Settings, Error> {
+    fn settings_from(pairs: &[(&str, &str)]) -> Result<Settings, KmsError> {
         let map: HashMap<&str, &str> = pairs.iter().copied().collect();
         Settings::from_lookup(|name| map.get(name).map(|v| v.to_string()))
     }
@@ -143,9 +143,9 @@ mod tests {
         settings_from(&[("address", "http://127.0.0.1:8200"), ("key", "kube")]).unwrap()
     }
 
-    fn config_error_names(result: Result<Settings, Error>, setting: &str) {
+    fn config_error_names(result: Result<Settings, KmsError>, setting: &str) {
         match result {
-            Err(Error::InvalidConfig(m)) => assert!(m.contains(&format!("`{setting}`")), "{m}"),
+            Err(KmsError::InvalidConfig(m)) => assert!(m.contains(&format!("`{setting}`")), "{m}"),
             other => panic!("expected InvalidConfig naming {setting}, got {other:?}"),
         }
     }
@@ -211,7 +211,7 @@ mod tests {
         ] {
             let result = settings_from(&[("address", address), ("key", "kube")]);
             config_error_names(result.clone(), "address");
-            if let Err(Error::InvalidConfig(m)) = result {
+            if let Err(KmsError::InvalidConfig(m)) = result {
                 assert!(!m.contains("pw"), "address value leaked: {m}");
             }
         }
@@ -266,7 +266,7 @@ mod tests {
             "xkube:v3",
         ] {
             assert!(
-                matches!(s.key_version(key_id), Err(Error::UnknownKey(_))),
+                matches!(s.key_version(key_id), Err(KmsError::UnknownKey(_))),
                 "{key_id:?} was accepted"
             );
         }

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 
 use super::*;
 
-fn settings_from(pairs: &[(&str, &str)]) -> Result<Settings, Error> {
+fn settings_from(pairs: &[(&str, &str)]) -> Result<Settings, KmsError> {
     let map: HashMap<&str, &str> = pairs.iter().copied().collect();
     Settings::from_lookup(|name| map.get(name).map(|v| v.to_string()))
 }
@@ -74,9 +74,9 @@ fn encrypt_request_sends_base64_plaintext_and_explicit_version() {
     assert_eq!(header(&r, "content-type"), Some("application/json"));
     assert_eq!(
         json(&r.body),
-        serde_json::json!({"plaintext": STANDARD.encode(b"dek bytes"), "key_version": 3})
+        serde_json::json!({"plaintext": base64::encode(b"dek bytes"), "key_version": 3})
     );
-    assert!(!format!("{r:?}").contains(&STANDARD.encode(b"dek bytes")));
+    assert!(!format!("{r:?}").contains(&base64::encode(b"dek bytes")));
 }
 
 #[test]
@@ -84,11 +84,11 @@ fn encrypt_request_rejects_empty_plaintext_and_foreign_key_ids() {
     let s = settings();
     assert!(matches!(
         s.encrypt_request("kube:v1", b""),
-        Err(Error::InvalidArgument(_))
+        Err(KmsError::InvalidArgument(_))
     ));
     assert!(matches!(
         s.encrypt_request("other:v1", b"x"),
-        Err(Error::UnknownKey(_))
+        Err(KmsError::UnknownKey(_))
     ));
 }
 
@@ -121,13 +121,13 @@ fn decrypt_request_rejects_bad_ciphertexts_before_vault() {
         b"vault:v3:c2VjcmV0",
     ] {
         match s.decrypt_request("kube:v2", ciphertext) {
-            Err(Error::InvalidCiphertext(m)) => assert!(!m.contains("c2VjcmV0"), "{m}"),
+            Err(KmsError::InvalidCiphertext(m)) => assert!(!m.contains("c2VjcmV0"), "{m}"),
             other => panic!("{ciphertext:?}: expected InvalidCiphertext, got {other:?}"),
         }
     }
     assert!(matches!(
         s.decrypt_request("kube", b"vault:v2:c2VjcmV0"),
-        Err(Error::UnknownKey(_))
+        Err(KmsError::UnknownKey(_))
     ));
 }
 
@@ -155,11 +155,14 @@ fn parses_key_read() {
 fn key_read_rejects_signing_keys_and_garbage() {
     let s = settings();
     let signing = br#"{"data":{"latest_version":1,"type":"ed25519","supports_encryption":false}}"#;
-    assert!(matches!(s.parse_key(signing), Err(Error::InvalidConfig(_))));
+    assert!(matches!(
+        s.parse_key(signing),
+        Err(KmsError::InvalidConfig(_))
+    ));
     let zero = br#"{"data":{"latest_version":0}}"#;
-    assert!(matches!(s.parse_key(zero), Err(Error::Internal(_))));
+    assert!(matches!(s.parse_key(zero), Err(KmsError::Internal(_))));
     for body in [&b"<html>"[..], b"{}", br#"{"data":{"latest_version":"3"}}"#] {
-        assert!(matches!(s.parse_key(body), Err(Error::Internal(_))));
+        assert!(matches!(s.parse_key(body), Err(KmsError::Internal(_))));
     }
 }
 
@@ -183,7 +186,7 @@ fn encrypt_answer_of_another_version_or_shape_is_internal() {
         br#"{"data":{}}"#,
     ] {
         match s.parse_encrypt(3, body) {
-            Err(Error::Internal(m)) => assert!(!m.contains("AAAA"), "{m}"),
+            Err(KmsError::Internal(m)) => assert!(!m.contains("AAAA"), "{m}"),
             other => panic!("expected Internal, got {other:?}"),
         }
     }
@@ -191,10 +194,7 @@ fn encrypt_answer_of_another_version_or_shape_is_internal() {
 
 #[test]
 fn parses_decrypt_answer() {
-    let body = format!(
-        r#"{{"data":{{"plaintext":"{}"}}}}"#,
-        STANDARD.encode(b"dek")
-    );
+    let body = format!(r#"{{"data":{{"plaintext":"{}"}}}}"#, base64::encode(b"dek"));
     assert_eq!(settings().parse_decrypt(body.as_bytes()).unwrap(), b"dek");
 }
 
@@ -207,7 +207,7 @@ fn decrypt_answer_errors_never_quote_the_plaintext() {
         br#"{"data":"SECRET"}"#,
     ] {
         match s.parse_decrypt(body) {
-            Err(Error::Internal(m)) => assert!(!m.contains("SECRET"), "{m}"),
+            Err(KmsError::Internal(m)) => assert!(!m.contains("SECRET"), "{m}"),
             other => panic!("expected Internal, got {other:?}"),
         }
     }
@@ -215,7 +215,7 @@ fn decrypt_answer_errors_never_quote_the_plaintext() {
 
 // --- error classification ---
 
-fn classify(action: Action, status: u16, errors: &[&str]) -> Error {
+fn classify(action: Action, status: u16, errors: &[&str]) -> KmsError {
     let body = serde_json::to_vec(&serde_json::json!({ "errors": errors })).unwrap();
     settings().classify(action, status, &body)
 }
@@ -231,7 +231,7 @@ fn bad_ciphertexts_are_invalid_ciphertext() {
     ] {
         let e = classify(Action::Decrypt, 400, &[message]);
         assert!(
-            matches!(&e, Error::InvalidCiphertext(m) if m.contains(message)),
+            matches!(&e, KmsError::InvalidCiphertext(m) if m.contains(message)),
             "{e:?}"
         );
     }
@@ -252,13 +252,13 @@ fn missing_keys_are_unknown_key() {
     ] {
         let e = classify(action, status, errors);
         assert!(
-            matches!(e, Error::UnknownKey(_)),
+            matches!(e, KmsError::UnknownKey(_)),
             "{action:?} {status}: {e:?}"
         );
     }
     let e = settings().classify(Action::ReadKey, 404, b"");
     assert!(
-        matches!(&e, Error::UnknownKey(m) if m.contains("never creates")),
+        matches!(&e, KmsError::UnknownKey(m) if m.contains("never creates")),
         "{e:?}"
     );
 }
@@ -267,10 +267,10 @@ fn missing_keys_are_unknown_key() {
 fn forbidden_is_permission_denied() {
     for action in [Action::ReadKey, Action::Encrypt, Action::Decrypt] {
         let e = classify(action, 403, &["permission denied"]);
-        assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+        assert!(matches!(e, KmsError::PermissionDenied(_)), "{e:?}");
     }
     let e = classify(Action::ReadKey, 400, &["missing client token"]);
-    assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+    assert!(matches!(e, KmsError::PermissionDenied(_)), "{e:?}");
 }
 
 #[test]
@@ -283,11 +283,11 @@ fn transient_failures_are_unavailable() {
         (400, &["OpenBao is sealed"]),
     ] {
         let e = classify(Action::Encrypt, status, errors);
-        assert!(matches!(e, Error::Unavailable(_)), "{status}: {e:?}");
+        assert!(matches!(e, KmsError::Unavailable(_)), "{status}: {e:?}");
     }
     let e = settings().classify(Action::Decrypt, 502, b"<html>bad gateway</html>");
     assert!(
-        matches!(&e, Error::Unavailable(m) if !m.contains("html")),
+        matches!(&e, KmsError::Unavailable(m) if !m.contains("html")),
         "{e:?}"
     );
 }
@@ -300,7 +300,7 @@ fn a_missing_mount_is_invalid_config() {
         &[r#"no handler for route "transit2/keys/kube". route entry not found."#],
     );
     assert!(
-        matches!(&e, Error::InvalidConfig(m) if m.contains("`mount`")),
+        matches!(&e, KmsError::InvalidConfig(m) if m.contains("`mount`")),
         "{e:?}"
     );
 }
@@ -314,7 +314,7 @@ fn anything_else_is_internal() {
         (Action::Decrypt, 400, &[]),
     ] {
         let e = classify(action, status, errors);
-        assert!(matches!(e, Error::Internal(_)), "{status}: {e:?}");
+        assert!(matches!(e, KmsError::Internal(_)), "{status}: {e:?}");
     }
 }
 
@@ -322,11 +322,11 @@ fn anything_else_is_internal() {
 fn vault_messages_are_joined_and_truncated() {
     let e = classify(Action::Encrypt, 400, &["first", "second"]);
     assert!(
-        matches!(&e, Error::Internal(m) if m.ends_with("first; second")),
+        matches!(&e, KmsError::Internal(m) if m.ends_with("first; second")),
         "{e:?}"
     );
     let long = "é".repeat(500);
-    let Error::Internal(m) = classify(Action::Encrypt, 400, &[long.as_str()]) else {
+    let KmsError::Internal(m) = classify(Action::Encrypt, 400, &[long.as_str()]) else {
         panic!("expected Internal");
     };
     assert!(m.ends_with('…'));
@@ -367,13 +367,13 @@ fn batch_answers_are_judged_item_by_item() {
         {"plaintext":"","error":"invalid ciphertext: version is too new","reference":""}]}}"#;
     let results = settings().parse_decrypt_batch(200, body, 3).unwrap();
     assert_eq!(results[0], Ok(b"hi".to_vec()));
-    assert!(matches!(&results[1], Err(Error::InvalidCiphertext(_))));
-    assert!(matches!(&results[2], Err(Error::InvalidCiphertext(_))));
+    assert!(matches!(&results[1], Err(KmsError::InvalidCiphertext(_))));
+    assert!(matches!(&results[2], Err(KmsError::InvalidCiphertext(_))));
 
     // Every item failed: Vault answers 400, still with per-item results.
     let body = br#"{"data":{"batch_results":[{"plaintext":"","error":"cipher: message authentication failed"}]}}"#;
     let results = settings().parse_decrypt_batch(400, body, 1).unwrap();
-    assert!(matches!(&results[0], Err(Error::InvalidCiphertext(_))));
+    assert!(matches!(&results[0], Err(KmsError::InvalidCiphertext(_))));
 }
 
 #[test]
@@ -382,22 +382,22 @@ fn a_failed_batch_request_fails_every_item() {
     let denied = br#"{"errors":["permission denied"]}"#;
     assert!(matches!(
         s.parse_decrypt_batch(403, denied, 2),
-        Err(Error::PermissionDenied(_))
+        Err(KmsError::PermissionDenied(_))
     ));
     let sealed = br#"{"errors":["Vault is sealed"]}"#;
     assert!(matches!(
         s.parse_decrypt_batch(503, sealed, 2),
-        Err(Error::Unavailable(_))
+        Err(KmsError::Unavailable(_))
     ));
     let missing = br#"{"errors":["encryption key not found"]}"#;
     assert!(matches!(
         s.parse_decrypt_batch(400, missing, 2),
-        Err(Error::UnknownKey(_))
+        Err(KmsError::UnknownKey(_))
     ));
     // The wrong number of results is not something to hand out piecemeal.
     let short = br#"{"data":{"batch_results":[{"plaintext":"aGk="}]}}"#;
     assert!(matches!(
         s.parse_decrypt_batch(200, short, 2),
-        Err(Error::Internal(_))
+        Err(KmsError::Internal(_))
     ));
 }
