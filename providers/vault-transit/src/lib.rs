@@ -217,6 +217,9 @@ mod tests {
             error(http::HttpError::Denied("http://x:1 is not in the provider's allowed_hosts".into())),
             KmsError::PermissionDenied(m) if m.contains("add the address")
         ));
-        assert!(matches!(error(http::HttpError::Timeout), KmsError::Unavailable(_)));
+        assert!(matches!(
+            error(http::HttpError::Timeout),
+            KmsError::Unavailable(_)
+        ));
     }
 }
