@@ -36,7 +36,7 @@
 //! - [`spec`] — a provider's config as the operator writes it, validated, and its settings and secrets resolved.
 //! - [`provider`] — [`WasmProvider`] and the [`Runtime`] (engine, linker, instance pool) they share.
 //! - `bindings` — the one `bindgen!` of the WIT world; generated types stop there.
-//! - `host` — the host side of the provider's imports (config store, logging, outbound HTTP) and the memory limiter.
+//! - `host` — the store's data, and the host side of the provider's imports, one module each with its own `add_to_linker` (config store, logging, outbound HTTP), and the memory limiter.
 //! - [`meter`] — the CPU budget: running time, not waiting time.
 //! - [`quota`] — each provider's share of instances, and the daemon-wide memory budget.
 //! - `cache` — compiled components, in memory and on disk, by content hash.

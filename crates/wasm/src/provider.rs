@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 
-use crate::bindings::{BatchingProvider, annotations_to_wit, kms, kms_batch};
+use crate::bindings::{annotations_to_wit, kms, kms_batch};
 use crate::cache::CompileCache;
 use crate::host::{HostState, ProviderShared, SandboxLimiter};
 use crate::meter::{CallMeter, metered};
@@ -97,8 +97,7 @@ impl Runtime {
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        BatchingProvider::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        crate::host::add_to_linker(&mut linker)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()

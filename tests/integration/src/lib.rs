@@ -25,8 +25,7 @@ pub use openbao::OpenBao;
 pub use proxy::DelayProxy;
 
 /// The hint every "something is not built or installed" failure carries.
-pub const SETUP_HINT: &str =
-    "run scripts/test: it installs the tools and builds the daemon and providers";
+pub const SETUP_HINT: &str = "run `scripts/setup && scripts/build` (installs the tools, builds the daemon and every component), then `cargo test --release`; or run scripts/test, which does all of it";
 
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
