@@ -207,9 +207,7 @@ impl Client {
 pub async fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let client = match &options.target {
         Target::Socket(socket) => {
-            let channel = client::connect(socket)
-                .await
-                .map_err(|e| format!("connecting to {socket:?}: {e}"))?;
+            let channel = client::connect(socket).await.map_err(|e| e.to_string())?;
             match options.api {
                 Api::V2 => Client::V2(client::V2Client::new(channel)),
                 Api::V1beta1 => Client::V1beta1(client::V1beta1Client::new(channel)),

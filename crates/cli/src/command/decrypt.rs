@@ -44,9 +44,7 @@ pub async fn run(Args { socket, api }: Args) -> anyhow::Result<()> {
                     ))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let mut client = client::v2(&socket)
-                .await
-                .with_context(|| format!("connecting to {socket:?}"))?;
+            let mut client = client::v2(&socket).await?;
             let uid = format!("kmsgate-cli-{}", std::process::id());
             let request = v2::DecryptRequest {
                 ciphertext,
@@ -57,9 +55,7 @@ pub async fn run(Args { socket, api }: Args) -> anyhow::Result<()> {
             client.decrypt(request).await?.into_inner().plaintext
         }
         Api::V1beta1 => {
-            let mut client = client::v1beta1(&socket)
-                .await
-                .with_context(|| format!("connecting to {socket:?}"))?;
+            let mut client = client::v1beta1(&socket).await?;
             let request = v1beta1::DecryptRequest {
                 version: "v1beta1".into(),
                 cipher: ciphertext,

@@ -28,9 +28,7 @@ pub async fn run(Args { socket, api }: Args) -> anyhow::Result<()> {
         .context("reading plaintext from stdin")?;
     let sealed = match api {
         Api::V2 => {
-            let mut client = client::v2(&socket)
-                .await
-                .with_context(|| format!("connecting to {socket:?}"))?;
+            let mut client = client::v2(&socket).await?;
             let uid = format!("kmsgate-cli-{}", std::process::id());
             let response = client
                 .encrypt(v2::EncryptRequest { plaintext, uid })
@@ -47,9 +45,7 @@ pub async fn run(Args { socket, api }: Args) -> anyhow::Result<()> {
             }
         }
         Api::V1beta1 => {
-            let mut client = client::v1beta1(&socket)
-                .await
-                .with_context(|| format!("connecting to {socket:?}"))?;
+            let mut client = client::v1beta1(&socket).await?;
             let request = v1beta1::EncryptRequest {
                 version: "v1beta1".into(),
                 plain: plaintext,

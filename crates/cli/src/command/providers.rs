@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use kmsgate_proto::{admin, client};
 
 /// Show what a running daemon serves: per provider the component, its
@@ -15,9 +14,7 @@ pub struct Args {
 }
 
 pub async fn run(Args { socket }: Args) -> anyhow::Result<()> {
-    let mut client = client::admin(&socket)
-        .await
-        .with_context(|| format!("connecting to {socket:?}"))?;
+    let mut client = client::admin(&socket).await?;
     let view = client
         .providers(admin::ProvidersRequest {})
         .await?

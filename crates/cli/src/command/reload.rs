@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use kmsgate_proto::{admin, client};
 
 /// Make a running daemon re-read its config and hot-swap what changed
@@ -14,9 +14,7 @@ pub struct Args {
 }
 
 pub async fn run(Args { socket }: Args) -> anyhow::Result<()> {
-    let mut client = client::admin(&socket)
-        .await
-        .with_context(|| format!("connecting to {socket:?}"))?;
+    let mut client = client::admin(&socket).await?;
     let report = client.reload(admin::ReloadRequest {}).await?.into_inner();
     if !report.error.is_empty() {
         bail!(

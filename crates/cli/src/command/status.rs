@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use kmsgate_proto::{client, v1beta1, v2};
 
 use super::Api;
@@ -20,9 +20,7 @@ pub struct Args {
 pub async fn run(Args { socket, api }: Args) -> anyhow::Result<()> {
     match api {
         Api::V2 => {
-            let mut client = client::v2(&socket)
-                .await
-                .with_context(|| format!("connecting to {socket:?}"))?;
+            let mut client = client::v2(&socket).await?;
             let status = client.status(v2::StatusRequest {}).await?.into_inner();
             println!(
                 "{}",
@@ -35,9 +33,7 @@ pub async fn run(Args { socket, api }: Args) -> anyhow::Result<()> {
             }
         }
         Api::V1beta1 => {
-            let mut client = client::v1beta1(&socket)
-                .await
-                .with_context(|| format!("connecting to {socket:?}"))?;
+            let mut client = client::v1beta1(&socket).await?;
             let version = client
                 .version(v1beta1::VersionRequest {
                     version: "v1beta1".into(),
