@@ -9,6 +9,7 @@
 //! - [`kms`] — the provider trait and its domain types.
 //! - [`error`] — provider and call errors (the mapping to gRPC codes lives in the daemon).
 //! - [`limits`] — the apiserver's limits on key ids, ciphertexts, annotations.
+//! - [`key_id`] — `<provider>/<key id>`: namespacing, splitting, checking what a provider reports.
 //! - [`envelope`] — the v1beta1 ciphertext header that carries the key id.
 //! - [`secret`] — redacting wrappers for plaintext and credentials.
 //! - [`sanitize`] — provider- and caller-supplied text, cut and cleaned before it is shown.
@@ -18,6 +19,7 @@
 pub mod envelope;
 pub mod error;
 pub mod files;
+pub mod key_id;
 pub mod kms;
 pub mod limits;
 pub mod log_limit;

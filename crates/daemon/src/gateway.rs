@@ -16,11 +16,9 @@ use tokio::task::JoinHandle;
 
 use crate::slot::Slot;
 use kmsgate_core::error::KmsError;
+use kmsgate_core::key_id;
 use kmsgate_core::limits::{self, Annotations};
 use kmsgate_core::secret::Plaintext;
-
-/// Separates the provider name from the provider's own key id.
-const KEY_ID_SEPARATOR: char = '/';
 
 /// What the apiserver's Status call returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +162,7 @@ impl Gateway {
         let key_id = health
             .key_id
             .as_deref()
-            .map(|id| namespaced(primary.name(), id))
+            .map(|id| key_id::namespaced(primary.name(), id))
             .unwrap_or_default();
         let healthz = if health.healthy && !key_id.is_empty() {
             "ok".to_string()
@@ -186,7 +184,7 @@ impl Gateway {
         let encrypted = slot.encrypt(uid, plaintext, deadline).await?;
         Ok(Sealed {
             ciphertext: encrypted.ciphertext,
-            key_id: namespaced(slot.name(), &encrypted.key_id),
+            key_id: key_id::namespaced(slot.name(), &encrypted.key_id),
             annotations: encrypted.annotations,
         })
     }
@@ -202,10 +200,8 @@ impl Gateway {
         limits::check_key_id(key_id).map_err(KmsError::InvalidRequest)?;
         limits::check_ciphertext(ciphertext).map_err(KmsError::InvalidRequest)?;
         limits::check_annotations(annotations).map_err(KmsError::InvalidRequest)?;
-        let (name, provider_key_id) = key_id
-            .split_once(KEY_ID_SEPARATOR)
-            .filter(|(_, inner)| !inner.is_empty())
-            .ok_or_else(|| KmsError::UnknownProvider(key_id.to_string()))?;
+        let (name, provider_key_id) =
+            key_id::split(key_id).ok_or_else(|| KmsError::UnknownProvider(key_id.to_string()))?;
         let slot = self
             .slot(name)
             .ok_or_else(|| KmsError::UnknownProvider(name.to_string()))?;
@@ -231,14 +227,9 @@ impl Gateway {
     /// The loaded provider a namespaced key id routes to, if any: a label
     /// for logs and metrics that callers cannot invent.
     pub fn provider_of(&self, key_id: &str) -> Option<String> {
-        let (name, _) = key_id.split_once(KEY_ID_SEPARATOR)?;
+        let (name, _) = key_id::split(key_id)?;
         self.slot(name).map(|slot| slot.name().to_string())
     }
-}
-
-/// `<provider>/<key id>`: the key id the apiserver sees.
-pub fn namespaced(provider: &str, key_id: &str) -> String {
-    format!("{provider}{KEY_ID_SEPARATOR}{key_id}")
 }
 
 #[cfg(test)]

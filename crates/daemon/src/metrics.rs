@@ -366,8 +366,9 @@ impl Metrics {
 /// How key ids are shown where no credentials guard the view: the first
 /// 16 hex digits of the SHA-256 of the namespaced key id.
 pub fn key_id_hash(provider: &str, key_id: &str) -> String {
-    kmsgate_wasm::integrity::sha256_hex(crate::gateway::namespaced(provider, key_id).as_bytes())
-        [..16]
+    kmsgate_wasm::integrity::sha256_hex(
+        kmsgate_core::key_id::namespaced(provider, key_id).as_bytes(),
+    )[..16]
         .to_string()
 }
 

@@ -20,10 +20,10 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, ProviderConfig};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::slot::{Health, Sample, Serving, Slot, check_provider_key_id};
+use crate::slot::{Health, Sample, Serving, Slot};
 use kmsgate_core::kms::{Call, DecryptItem, KmsProvider};
-use kmsgate_core::limits;
 use kmsgate_core::secret::Plaintext;
+use kmsgate_core::{key_id, limits};
 use kmsgate_proto::admin::{ProviderInfo, ProvidersResponse};
 use kmsgate_wasm::{Prepared, Runtime, WasmProvider};
 
@@ -133,7 +133,7 @@ impl Reloader {
                         .unwrap_or_default(),
                     key_id: health
                         .key_id
-                        .map(|id| crate::gateway::namespaced(slot.name(), &id))
+                        .map(|id| key_id::namespaced(slot.name(), &id))
                         .unwrap_or_default(),
                     detail: health.detail,
                     last_reload_error: slot.last_reload_error().unwrap_or_default(),
@@ -368,7 +368,7 @@ pub async fn canary(
         .status()
         .await
         .map_err(|e| format!("canary: status failed: {e}"))?;
-    check_provider_key_id(name, &status.key_id).map_err(|e| format!("canary: {e}"))?;
+    key_id::check_reported(name, &status.key_id).map_err(|e| format!("canary: {e}"))?;
     if !status.healthy {
         return Err(format!("canary: status is unhealthy: {}", status.detail));
     }

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::breaker::{Breaker, Outcome};
 use crate::coalesce::{BatchStats, Coalescer};
 use kmsgate_core::error::{Action, KmsError, ProviderError};
+use kmsgate_core::key_id;
 use kmsgate_core::kms::{Call, DecryptItem, KmsProvider};
 use kmsgate_core::limits::{self, Annotations};
 use kmsgate_core::secret::Plaintext;
@@ -278,7 +279,7 @@ impl Slot {
             (serving.provider.clone(), serving.generation)
         };
         let result = provider.status().await.and_then(|status| {
-            check_provider_key_id(&self.name, &status.key_id)?;
+            key_id::check_reported(&self.name, &status.key_id)?;
             Ok(status)
         });
         let outcome = breaker_outcome(result.as_ref().err());
@@ -500,23 +501,6 @@ fn with_coalescer(mut serving: Serving, stats: &Arc<BatchStats>) -> Serving {
     serving
 }
 
-/// A provider's own key id must be non-empty, printable (it is logged and
-/// sent to the apiserver) and leave room for the prefix.
-pub fn check_provider_key_id(provider: &str, key_id: &str) -> Result<(), ProviderError> {
-    if key_id.is_empty() {
-        return Err(ProviderError::Contract(
-            "status reported an empty key id".into(),
-        ));
-    }
-    if key_id.chars().any(char::is_control) {
-        return Err(ProviderError::Contract(
-            "status reported a key id with control characters".into(),
-        ));
-    }
-    limits::check_key_id(&crate::gateway::namespaced(provider, key_id))
-        .map_err(ProviderError::Contract)
-}
-
 #[cfg(test)]
 mod tests {
     use async_trait::async_trait;
@@ -583,14 +567,6 @@ mod tests {
             fingerprint: provider.key_id.into(),
         };
         Serving::new(provider, origin, 1)
-    }
-
-    #[test]
-    fn key_ids_a_provider_reports_are_checked() {
-        assert!(check_provider_key_id("p", "k1").is_ok());
-        for bad in ["", "k\n1", "k\u{1b}[31m", &"k".repeat(1024)] {
-            assert!(check_provider_key_id("p", bad).is_err(), "{bad:?}");
-        }
     }
 
     #[tokio::test]
