@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::config::{Config, KmsSocket};
+use crate::config::{Config, KmsSocket, ProviderConfig};
 use crate::gateway::Gateway;
 use crate::grpc::{AdminService, V1beta1Service, V2Service};
 use crate::metrics::Metrics;
@@ -213,12 +213,13 @@ const HEALTH_SERVICES: [&str; 3] = [
 /// secret file not written yet) does not stop the daemon: it serves as
 /// not loaded (unhealthy, calls UNAVAILABLE) and is retried in the
 /// background ([`spawn_load_retries`]). A component that cannot work
-/// (does not compile, link or match its pin) stops the start.
+/// (does not compile, link or match its pin, or fails the swap canary
+/// while its backend is up) stops the start.
 pub async fn load_gateway(runtime: &Runtime, config: &Config) -> Result<Gateway, ServeError> {
     let mut slots = Vec::new();
     for provider_config in &config.providers {
         let loaded = match WasmProvider::load(runtime, provider_config).await {
-            Ok(provider) => check_batches(provider_config, &provider)
+            Ok(provider) => check_at_start(provider_config, &provider)
                 .await
                 .map(|()| provider),
             Err(error) => Err(error),
@@ -247,18 +248,14 @@ pub async fn load_gateway(runtime: &Runtime, config: &Config) -> Result<Gateway,
     Ok(Gateway::new(primary, slots, config.status_interval))
 }
 
-/// A provider that batches decrypts gets the swap canary at start too, when
-/// its backend is up: the host cannot tell a `decrypt-batch` that answers
-/// out of order from a right one by looking at a single call. (Other
-/// providers are only `init`ed at start, as before; a backend that is down
-/// at start does not stop the daemon, so then the check is skipped.)
-async fn check_batches(
-    config: &crate::config::ProviderConfig,
-    provider: &WasmProvider,
-) -> Result<(), LoadError> {
-    if provider.batching().is_none() {
-        return Ok(());
-    }
+/// The swap canary, at start: what a swap or `kmsgate check` would refuse
+/// does not serve from a start either. A provider that cannot round-trip
+/// its own ciphertext, breaks the apiserver's limits or answers a batch out
+/// of order stops the start, named. Its backend must be up for the canary
+/// to run; a backend that is down at start does not stop the daemon (the
+/// apiserver needs its other providers), so then the check waits for the
+/// provider's first swap, which runs it.
+async fn check_at_start(config: &ProviderConfig, provider: &WasmProvider) -> Result<(), LoadError> {
     match provider.status().await {
         Ok(status) if status.healthy => crate::reload::canary(&config.name, provider, &[])
             .await
@@ -270,7 +267,7 @@ async fn check_batches(
                 retryable: false,
             }),
         _ => {
-            tracing::warn!(provider = %config.name, "backend not ready at start: decrypt-batch was not checked");
+            tracing::warn!(provider = %config.name, "backend not ready at start: the canary was not run");
             Ok(())
         }
     }

@@ -31,6 +31,14 @@ pub struct ProviderSpec {
 
 impl ProviderSpec {
     /// A provider running the built component `component_name`.
+    /// A hostile fixture that passes the host's canary (setting
+    /// `evade-canary`, see `tests/fixture-support/canary.rs`) and misbehaves
+    /// on every other call, so that it gets past the start's canary and the
+    /// test can attack the sandbox's bounds with it.
+    pub fn hostile(name: &str, fixture: &str) -> Self {
+        ProviderSpec::new(name, fixture).setting("evade-canary", "true")
+    }
+
     pub fn new(name: &str, component_name: &str) -> Self {
         ProviderSpec {
             name: name.into(),

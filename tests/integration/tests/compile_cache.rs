@@ -102,7 +102,7 @@ async fn a_compiled_file_of_another_component_is_not_run() {
     std::fs::copy(&local_aes_file, &planted).unwrap();
 
     let running = TestGateway::new()
-        .with_provider(ProviderSpec::new("trapping", "fixture_trapping"))
+        .with_provider(ProviderSpec::hostile("trapping", "fixture_trapping"))
         .compile_cache_dir(&cache)
         .start()
         .await;

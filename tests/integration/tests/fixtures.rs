@@ -53,7 +53,7 @@ async fn assert_good_provider_still_serves(client: &mut kmsgate_proto::client::V
 async fn trapping_provider_is_contained() {
     let gateway = gateway_with(
         "trapping",
-        ProviderSpec::new("trapping", "fixture_trapping"),
+        ProviderSpec::hostile("trapping", "fixture_trapping"),
     )
     .await;
     let mut client = gateway.v2().await;
@@ -79,7 +79,7 @@ async fn trapping_provider_is_contained() {
 async fn oversized_ciphertext_and_bad_annotation_are_refused_at_the_gateway() {
     let gateway = gateway_with(
         "oversized",
-        ProviderSpec::new("oversized", "fixture_oversized"),
+        ProviderSpec::hostile("oversized", "fixture_oversized"),
     )
     .await;
     let mut client = gateway.v2().await;
@@ -101,7 +101,7 @@ async fn oversized_ciphertext_and_bad_annotation_are_refused_at_the_gateway() {
 
 #[tokio::test]
 async fn spinning_provider_hits_its_cpu_budget() {
-    let spec = ProviderSpec::new("spinning", "fixture_spinning").limit("cpu_ms", 200);
+    let spec = ProviderSpec::hostile("spinning", "fixture_spinning").limit("cpu_ms", 200);
     let gateway = gateway_with("spinning", spec).await;
     let mut client = gateway.v2().await;
     // Two at once on a two-core machine: neither starves the good provider.
@@ -126,7 +126,7 @@ async fn spinning_provider_hits_its_cpu_budget() {
 
 #[tokio::test]
 async fn greedy_provider_hits_its_memory_cap() {
-    let spec = ProviderSpec::new("greedy", "fixture_greedy").limit("memory_mib", 16);
+    let spec = ProviderSpec::hostile("greedy", "fixture_greedy").limit("memory_mib", 16);
     let gateway = gateway_with("greedy", spec).await;
     let mut client = gateway.v2().await;
     let status = client.encrypt(encrypt(b"dek")).await.unwrap_err();
@@ -144,7 +144,7 @@ async fn greedy_provider_hits_its_memory_cap() {
 async fn traps_do_not_disturb_concurrent_calls_to_other_providers() {
     let gateway = gateway_with(
         "trapping",
-        ProviderSpec::new("trapping", "fixture_trapping"),
+        ProviderSpec::hostile("trapping", "fixture_trapping"),
     )
     .await;
     let client = gateway.v2().await;
@@ -171,7 +171,7 @@ async fn traps_do_not_disturb_concurrent_calls_to_other_providers() {
 async fn escaping_provider_finds_no_files_env_sockets_or_hosts() {
     let gateway = gateway_with(
         "escaping",
-        ProviderSpec::new("escaping", "fixture_escaping"),
+        ProviderSpec::hostile("escaping", "fixture_escaping"),
     )
     .await;
     let mut client = gateway.v2().await;
@@ -196,7 +196,7 @@ async fn escaping_provider_finds_no_files_env_sockets_or_hosts() {
 async fn huge_output_is_refused_at_the_gateway() {
     let gateway = gateway_with(
         "huge-output",
-        ProviderSpec::new("huge-output", "fixture_huge_output"),
+        ProviderSpec::hostile("huge-output", "fixture_huge_output"),
     )
     .await;
     let mut client = gateway.v2().await;
@@ -273,4 +273,15 @@ fn every_fixture_is_used() {
 async fn a_provider_that_batches_decrypts_wrongly_is_refused_at_start() {
     let error = start_error(ProviderSpec::new("batchy", "fixture_wrong_batch")).await;
     assert!(error.contains("canary: decrypt-batch"), "{error}");
+}
+
+#[tokio::test]
+async fn a_provider_that_fails_the_canary_is_refused_at_start_as_on_a_swap() {
+    // Passes init and status, but its ciphertexts break the apiserver's
+    // limit: `kmsgate check` and a swap refuse it, and so does a start.
+    let error = start_error(ProviderSpec::new("big", "fixture_oversized")).await;
+    assert!(
+        error.contains("big") && error.contains("canary") && error.contains("ciphertext"),
+        "{error}"
+    );
 }

@@ -14,7 +14,7 @@ use kmsgate_proto::client::V2Client;
 use tonic::Code;
 
 async fn start(calls_per_instance: Option<i64>) -> RunningGateway {
-    let mut spec = ProviderSpec::new("stateful", "fixture_stateful");
+    let mut spec = ProviderSpec::hostile("stateful", "fixture_stateful");
     if let Some(calls) = calls_per_instance {
         spec = spec.limit("calls_per_instance", calls);
     }

@@ -99,8 +99,8 @@ async fn rss_is_bounded_across_reloads_and_hostile_calls() {
     std::fs::write(&component, component_version("local_aes", 0)).unwrap();
     let gateway = TestGateway::new()
         .with_provider(ProviderSpec::local_aes("local", "local-1", 1).component_path(&component))
-        .with_provider(ProviderSpec::new("greedy", "fixture_greedy"))
-        .with_provider(ProviderSpec::new("huge", "fixture_huge_output"))
+        .with_provider(ProviderSpec::hostile("greedy", "fixture_greedy"))
+        .with_provider(ProviderSpec::hostile("huge", "fixture_huge_output"))
         .primary("local")
         .start()
         .await;

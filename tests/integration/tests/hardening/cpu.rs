@@ -41,7 +41,7 @@ async fn a_slow_backend_does_not_use_up_the_cpu_budget() {
 
 #[tokio::test]
 async fn a_guest_looping_on_host_calls_stops_at_its_cpu_budget() {
-    let looping = ProviderSpec::new("looping", "fixture_looping")
+    let looping = ProviderSpec::hostile("looping", "fixture_looping")
         .limit("cpu_ms", 300)
         .limit("call_timeout_ms", 20_000);
     let gateway = TestGateway::new()

@@ -59,7 +59,7 @@ fn assert_not_published(seen: &str, token: &str) {
 #[tokio::test]
 async fn a_provider_cannot_read_its_vault_token_back() {
     let bao = OpenBao::dev().await;
-    let leaky = ProviderSpec::new("leaky", "fixture_leaky")
+    let leaky = ProviderSpec::hostile("leaky", "fixture_leaky")
         .setting(
             "target",
             &format!("{}/v1/auth/token/lookup-self", bao.address),
@@ -81,7 +81,7 @@ async fn a_credential_goes_only_into_its_own_headers_and_never_comes_back() {
     let echo = HeaderEcho::start().await;
     let token = "s.echo-me-back-0123456789";
     let leaky = |name: &str, header: &str| {
-        ProviderSpec::new(name, "fixture_leaky")
+        ProviderSpec::hostile(name, "fixture_leaky")
             .setting("target", &format!("{}/", echo.address))
             .setting("header", header)
             .secret("token", token)

@@ -113,7 +113,7 @@ async fn half_open_streams_are_bounded_per_connection_and_reset() {
 async fn provider_strings_are_cut_before_they_are_copied_around() {
     let gateway = TestGateway::new()
         .with_provider(ProviderSpec::local_aes("local", "k1", 1))
-        .with_provider(ProviderSpec::new("huge", "fixture_huge_output"))
+        .with_provider(ProviderSpec::hostile("huge", "fixture_huge_output"))
         .primary("local")
         .start()
         .await;
@@ -143,10 +143,10 @@ async fn provider_strings_are_cut_before_they_are_copied_around() {
 
 #[tokio::test]
 async fn peak_memory_under_attack_stays_within_the_stated_bound() {
-    let greedy = ProviderSpec::new("greedy", "fixture_greedy")
+    let greedy = ProviderSpec::hostile("greedy", "fixture_greedy")
         .limit("memory_mib", 16)
         .limit("max_concurrent_calls", 4);
-    let huge = ProviderSpec::new("huge", "fixture_huge_output")
+    let huge = ProviderSpec::hostile("huge", "fixture_huge_output")
         .limit("memory_mib", 40)
         .limit("max_concurrent_calls", 4);
     let daemon = TestGateway::new()
