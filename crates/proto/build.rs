@@ -32,6 +32,10 @@ fn main() -> anyhow::Result<()> {
             ".kmsgate.admin.v1.ProviderInfo",
             "#[derive(serde::Serialize)]",
         )
+        .type_attribute(
+            ".kmsgate.admin.v1.CredentialInfo",
+            "#[derive(serde::Serialize)]",
+        )
         .field_attribute(
             ".kmsgate.admin.v1.ProviderInfo.key_id",
             "#[serde(skip_serializing_if = \"String::is_empty\")]",

@@ -92,6 +92,28 @@ pub struct Usage {
     pub memory_bytes: u64,
 }
 
+/// One credential the host holds for a provider (an auth), for operators:
+/// its state, never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialStatus {
+    /// The auth's name in the config.
+    pub name: String,
+    /// Its kind (`vault-approle`, `aws-sigv4`, ...).
+    pub kind: &'static str,
+    /// `pending` (first login running), `valid`, or `failed` (none held).
+    pub state: &'static str,
+    /// Time left on the credential; `None` when it has no end or none is
+    /// held.
+    pub expires_in: Option<std::time::Duration>,
+    /// Logins (a lookup of a given token counts as one).
+    pub logins: u64,
+    pub renewals: u64,
+    /// Failed logins or renewals.
+    pub failures: u64,
+    /// The last problem, while one stands; no secret in it.
+    pub detail: String,
+}
+
 /// A KMS provider. Implementations must be cheap to call concurrently.
 #[async_trait]
 pub trait KmsProvider: Send + Sync + 'static {
@@ -128,6 +150,11 @@ pub trait KmsProvider: Send + Sync + 'static {
     /// What the provider holds now; zero for providers without a quota.
     fn usage(&self) -> Usage {
         Usage::default()
+    }
+
+    /// The credentials the host holds for it; none by default.
+    fn credentials(&self) -> Vec<CredentialStatus> {
+        Vec::new()
     }
 
     /// Decrypts every item, each judged on its own. The gateway sends at

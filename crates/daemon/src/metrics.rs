@@ -46,6 +46,13 @@ struct ProviderInfoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    provider: String,
+    auth: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -76,6 +83,11 @@ pub struct Metrics {
     instances: Family<ProviderLabels, Gauge>,
     queued_calls: Family<ProviderLabels, Gauge>,
     sandbox_memory: Family<ProviderLabels, Gauge>,
+    credential_expiry: Family<CredentialLabels, Gauge>,
+    credential_valid: Family<CredentialLabels, Gauge>,
+    credential_logins: Family<CredentialLabels, Counter>,
+    credential_renewals: Family<CredentialLabels, Counter>,
+    credential_failures: Family<CredentialLabels, Counter>,
     in_flight: Gauge,
 }
 
@@ -198,6 +210,36 @@ impl Metrics {
             "Guest memory of the provider's live instances",
             sandbox_memory.clone(),
         );
+        let credential_expiry = Family::<CredentialLabels, Gauge>::default();
+        registry.register(
+            "provider_credential_expiry_seconds",
+            "Seconds left on the credential the host holds for a provider's auth; -1 when it has no end or none is held",
+            credential_expiry.clone(),
+        );
+        let credential_valid = Family::<CredentialLabels, Gauge>::default();
+        registry.register(
+            "provider_credential_valid",
+            "1 while the host holds a credential for the auth, else 0",
+            credential_valid.clone(),
+        );
+        let credential_logins = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "provider_credential_logins",
+            "Logins of the auth (a lookup of a given token counts as one), since its provider version loaded",
+            credential_logins.clone(),
+        );
+        let credential_renewals = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "provider_credential_renewals",
+            "Renewals of the auth's credential, since its provider version loaded",
+            credential_renewals.clone(),
+        );
+        let credential_failures = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "provider_credential_failures",
+            "Failed logins and renewals of the auth, since its provider version loaded",
+            credential_failures.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "requests_in_flight",
@@ -229,6 +271,11 @@ impl Metrics {
             instances,
             queued_calls,
             sandbox_memory,
+            credential_expiry,
+            credential_valid,
+            credential_logins,
+            credential_renewals,
+            credential_failures,
             in_flight,
         }
     }
@@ -343,6 +390,30 @@ impl Metrics {
             self.sandbox_memory
                 .get_or_create(&labels)
                 .set(usage.memory_bytes as i64);
+            for credential in slot.serving().provider.credentials() {
+                let labels = CredentialLabels {
+                    provider: provider.clone(),
+                    auth: credential.name,
+                    kind: credential.kind,
+                };
+                let left = credential
+                    .expires_in
+                    .map_or(-1, |left| left.as_secs() as i64);
+                self.credential_expiry.get_or_create(&labels).set(left);
+                self.credential_valid
+                    .get_or_create(&labels)
+                    .set(i64::from(credential.state == "valid"));
+                for (family, value) in [
+                    (&self.credential_logins, credential.logins),
+                    (&self.credential_renewals, credential.renewals),
+                    (&self.credential_failures, credential.failures),
+                ] {
+                    family
+                        .get_or_create(&labels)
+                        .inner()
+                        .store(value, Ordering::Relaxed);
+                }
+            }
             let key_id_hash = health
                 .key_id
                 .map(|id| key_id_hash(&provider, &id))

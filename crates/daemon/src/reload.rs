@@ -146,6 +146,12 @@ impl Reloader {
                     instances: usage.instances,
                     queued_calls: usage.queued,
                     sandbox_memory_bytes: usage.memory_bytes,
+                    credentials: serving
+                        .provider
+                        .credentials()
+                        .into_iter()
+                        .map(credential_info)
+                        .collect(),
                 }
             })
             .collect();
@@ -497,4 +503,23 @@ async fn batch_canary(
         }
     }
     Ok(())
+}
+
+/// A credential's state for the providers view: never its value.
+fn credential_info(
+    status: kmsgate_core::kms::CredentialStatus,
+) -> kmsgate_proto::admin::CredentialInfo {
+    kmsgate_proto::admin::CredentialInfo {
+        name: status.name,
+        kind: status.kind.to_owned(),
+        state: status.state.to_owned(),
+        expires_in_seconds: status
+            .expires_in
+            .map(|left| left.as_secs() as i64)
+            .unwrap_or(-1),
+        logins: status.logins,
+        renewals: status.renewals,
+        failures: status.failures,
+        detail: status.detail,
+    }
 }

@@ -16,10 +16,69 @@ wasmtime::component::bindgen!({
     imports: {
         // Outbound HTTP awaits the network; everything else answers at once.
         "kmsgate:provider/outbound-http.send": async,
+        "kmsgate:provider/outbound-http.send-with-auth": async,
         default: trappable,
     },
     exports: { default: async },
 });
+
+/// The `kmsgate:provider` version this host implements (`wit/provider.wit`),
+/// and the oldest it still loads (kept in `wit/archive/`). Within `0.1`,
+/// wasmtime links a component built against any patch version to the
+/// host's; what is newer than the host is refused by [`check_wit_version`].
+pub const WIT_VERSION: Version = Version(0, 1, 1);
+pub const OLDEST_WIT_VERSION: Version = Version(0, 1, 0);
+
+/// A `major.minor.patch` package version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u64, pub u64, pub u64);
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+impl Version {
+    fn parse(text: &str) -> Option<Version> {
+        let mut parts = text.split('.').map(|part| part.parse::<u64>().ok());
+        let version = Version(parts.next()??, parts.next()??, parts.next()??);
+        parts.next().is_none().then_some(version)
+    }
+}
+
+/// Refuses a component that imports or exports `kmsgate:provider` at a
+/// version this host does not offer, naming both, before linking (whose
+/// error would name only a missing function). `names` are the component's
+/// import and export names.
+pub fn check_wit_version<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    for name in names {
+        let Some(rest) = name.strip_prefix("kmsgate:provider/") else {
+            continue;
+        };
+        let Some((interface, version)) = rest.split_once('@') else {
+            return Err(format!(
+                "{name} has no version; this host offers kmsgate:provider@{OLDEST_WIT_VERSION} to @{WIT_VERSION}"
+            ));
+        };
+        let offered = OLDEST_WIT_VERSION..=WIT_VERSION;
+        match Version::parse(version) {
+            Some(version) if offered.contains(&version) => {}
+            Some(version) => {
+                let advice = if version > WIT_VERSION {
+                    "upgrade kmsgate, or build the component against a version this host offers"
+                } else {
+                    "rebuild the component against a version this host offers"
+                };
+                return Err(format!(
+                    "the component was built for kmsgate:provider@{version} ({interface}); this host offers @{OLDEST_WIT_VERSION} to @{WIT_VERSION}: {advice}"
+                ));
+            }
+            None => return Err(format!("{name}: unreadable version {version:?}")),
+        }
+    }
+    Ok(())
+}
 
 pub use self::exports::kmsgate::provider::{kms, kms_batch};
 pub use self::kmsgate::provider::outbound_http as http;
@@ -140,5 +199,30 @@ impl From<OutboundError> for http::HttpError {
             OutboundError::ConnectionFailed(m) => http::HttpError::ConnectionFailed(m),
             OutboundError::ResponseTooLarge(cap) => http::HttpError::ResponseTooLarge(cap),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_outside_what_the_host_offers_are_refused_naming_both() {
+        assert!(check_wit_version(["kmsgate:provider/kms@0.1.0", "wasi:io/streams@0.2.0"]).is_ok());
+        assert!(check_wit_version(["kmsgate:provider/outbound-http@0.1.1"]).is_ok());
+        for (name, shown) in [
+            ("kmsgate:provider/kms@0.1.2", "0.1.2"),
+            ("kmsgate:provider/kms@0.2.0", "0.2.0"),
+            ("kmsgate:provider/kms@1.0.0", "1.0.0"),
+            ("kmsgate:provider/kms@0.0.9", "0.0.9"),
+        ] {
+            let error = check_wit_version([name]).unwrap_err();
+            assert!(
+                error.contains(&format!("kmsgate:provider@{shown}"))
+                    && error.contains("@0.1.0 to @0.1.1"),
+                "{error}"
+            );
+        }
+        assert!(check_wit_version(["kmsgate:provider/kms"]).is_err());
     }
 }

@@ -42,10 +42,12 @@
 //! - `cache` — compiled components, in memory and on disk, by content hash.
 //! - [`outbound`] — providers' outbound HTTP (reqwest) with TLS and caps.
 //! - [`allowlist`] — which hosts a provider may reach.
+//! - [`auth`] — credentials the host obtains, renews and applies to a provider's requests (Vault logins, AWS SigV4).
 //! - [`leak`] — finds a provider's credentials in a response before it sees it.
 //! - [`integrity`] — the component pin (and the place for signatures).
 
 pub mod allowlist;
+pub mod auth;
 mod bindings;
 mod cache;
 mod host;

@@ -15,7 +15,7 @@
 //!   form [`crate::leak`] knows, is withheld (a `denied` value), as is a
 //!   compressed one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,12 +165,16 @@ pub struct OutboundSettings {
     /// For log lines.
     pub provider: String,
     pub allowlist: Allowlist,
+    /// `outbound.allowed_hosts` as written: the default hosts of an auth.
+    pub allowlist_entries: Vec<String>,
     pub secrets: HashMap<String, SecretGrant>,
     pub timeout: Duration,
     pub max_response_bytes: u64,
     pub ca_pem: Option<Vec<u8>>,
     /// Certificate and key, PEM, concatenated.
     pub identity_pem: Option<Vec<u8>>,
+    /// The provider's auths (`send-with-auth`), started with the client.
+    pub auth: std::collections::BTreeMap<String, crate::spec::AuthConfig>,
 }
 
 /// The TLS files an [`OutboundConfig`] names, read.
@@ -212,6 +216,7 @@ impl OutboundSettings {
         secrets: &std::collections::BTreeMap<String, SecretConfig>,
         mut values: HashMap<String, Secret>,
         tls: TlsFiles,
+        auth: &BTreeMap<String, crate::spec::AuthConfig>,
     ) -> Result<OutboundSettings, String> {
         let mut grants = HashMap::new();
         for (name, secret) in secrets {
@@ -233,13 +238,41 @@ impl OutboundSettings {
         Ok(OutboundSettings {
             provider: provider.to_owned(),
             allowlist: Allowlist::parse(&config.allowed_hosts)?,
+            allowlist_entries: config.allowed_hosts.clone(),
             secrets: grants,
             timeout: Duration::from_millis(config.timeout_ms),
             max_response_bytes: config.max_response_bytes,
             ca_pem: tls.ca_pem,
             identity_pem: tls.identity_pem,
+            auth: auth.clone(),
         })
     }
+}
+
+/// A client with the host's fixed policy: no redirects (one could lead
+/// outside the allowlist), no proxy, names resolved through
+/// [`PolicyResolver`], and the operator's CA bundle when given. Providers'
+/// requests and the auths' own (logins, renewals) both start here.
+pub(crate) fn client_builder(
+    timeout: Duration,
+    ca_pem: Option<&[u8]>,
+) -> Result<reqwest::ClientBuilder, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(PolicyResolver))
+        .no_proxy()
+        .user_agent(concat!("kmsgate/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("parsing ca_file: {e}"))?;
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
 }
 
 /// One provider's outbound HTTP client. Cheap to clone.
@@ -250,6 +283,7 @@ pub struct OutboundClient {
 
 struct Inner {
     provider: String,
+    auths: crate::auth::Auths,
     client: reqwest::Client,
     allowlist: Allowlist,
     secrets: HashMap<String, SecretGrant>,
@@ -261,22 +295,8 @@ struct Inner {
 
 impl OutboundClient {
     pub fn new(settings: OutboundSettings) -> Result<OutboundClient, String> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            // A redirect could lead outside the allowlist; providers see 3xx.
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(PolicyResolver))
-            .no_proxy()
-            .user_agent(concat!("kmsgate/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &settings.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("parsing ca_file: {e}"))?;
-            builder = builder.tls_built_in_root_certs(false);
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        // Providers see a redirect as a 3xx answer.
+        let mut builder = client_builder(settings.timeout, settings.ca_pem.as_deref())?;
         if let Some(pem) = &settings.identity_pem {
             let identity = reqwest::Identity::from_pem(pem)
                 .map_err(|e| format!("parsing client certificate or key: {e}"))?;
@@ -291,8 +311,18 @@ impl OutboundClient {
                 .iter()
                 .map(|(name, grant)| (name.as_str(), grant.value.expose().as_bytes())),
         );
+        let auths = crate::auth::Auths::start(
+            &settings.auth,
+            &crate::auth::AuthContext {
+                provider: &settings.provider,
+                allowed_hosts: &settings.allowlist_entries,
+                ca_pem: settings.ca_pem.as_deref(),
+                timeout: settings.timeout,
+            },
+        )?;
         Ok(OutboundClient {
             inner: Arc::new(Inner {
+                auths,
                 provider: settings.provider,
                 client,
                 allowlist: settings.allowlist,
@@ -305,6 +335,35 @@ impl OutboundClient {
     }
 
     pub async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+        self.send_inner(None, request).await
+    }
+
+    /// Sends `request` authenticated by the provider's auth `auth`
+    /// (`send-with-auth`).
+    pub async fn send_with_auth(
+        &self,
+        auth: &str,
+        request: OutboundRequest,
+    ) -> Result<OutboundResponse, OutboundError> {
+        let auth = self
+            .inner
+            .auths
+            .get(auth)
+            .ok_or_else(|| OutboundError::UnknownSecret(auth.to_owned()))?
+            .clone();
+        self.send_inner(Some(&auth), request).await
+    }
+
+    /// The provider's auths' states, for views and metrics.
+    pub fn auth_statuses(&self) -> Vec<kmsgate_core::kms::CredentialStatus> {
+        self.inner.auths.statuses()
+    }
+
+    async fn send_inner(
+        &self,
+        auth: Option<&crate::auth::Auth>,
+        request: OutboundRequest,
+    ) -> Result<OutboundResponse, OutboundError> {
         let inner = &self.inner;
         if request.url.len() > MAX_URL {
             return Err(OutboundError::InvalidRequest(format!(
@@ -343,6 +402,11 @@ impl OutboundClient {
                     "header {name:?} is set by the host"
                 )));
             }
+            if auth.is_some() && crate::auth::AUTH_OWNED_HEADERS.contains(&name.as_str()) {
+                return Err(OutboundError::InvalidRequest(format!(
+                    "header {name:?} is set by the auth"
+                )));
+            }
             builder = builder.header(name, header_value(value)?);
         }
         for (name, secret_name) in &request.secret_headers {
@@ -373,9 +437,35 @@ impl OutboundClient {
             value.set_sensitive(true);
             builder = builder.header(name, value);
         }
-        let mut response = builder.body(request.body).send().await.map_err(classify)?;
+        let mut outgoing = builder
+            .body(request.body)
+            .build()
+            .map_err(|e| OutboundError::InvalidRequest(e.to_string()))?;
+        if let Some(auth) = auth {
+            if !auth.covers(&url) {
+                return Err(OutboundError::Denied(format!(
+                    "auth {:?} may not be sent to {} (auth.{}.hosts)",
+                    auth.name(),
+                    url.origin().ascii_serialization(),
+                    auth.name()
+                )));
+            }
+            let credential = auth.credential().await.map_err(|problem| {
+                if problem.refused {
+                    OutboundError::Denied(problem.message)
+                } else {
+                    OutboundError::ConnectionFailed(problem.message)
+                }
+            })?;
+            auth.apply(&credential, &mut outgoing)
+                .map_err(OutboundError::InvalidRequest)?;
+        }
+        let mut response = inner.client.execute(outgoing).await.map_err(classify)?;
 
         let status = response.status().as_u16();
+        if let Some(auth) = auth {
+            auth.answered(status);
+        }
         let cap = inner.max_response_bytes;
         if response.content_length().is_some_and(|len| len > cap) {
             return Err(OutboundError::ResponseTooLarge(cap));
@@ -408,6 +498,19 @@ impl OutboundClient {
                 &url,
                 &format!("it carries the provider's secret {secret:?}"),
             ));
+        }
+        // Every auth's credentials, not only this request's: a provider
+        // must not get one auth's token back through a request sent with
+        // another, or with none.
+        for auth in inner.auths.iter() {
+            if let Some(leaks) = auth.leaks()
+                && leaks.find(&[header_text.as_bytes(), &body]).is_some()
+            {
+                return Err(self.withhold(
+                    &url,
+                    &format!("it carries the credential of auth {:?}", auth.name()),
+                ));
+            }
         }
         Ok(OutboundResponse {
             status,
@@ -517,6 +620,8 @@ mod tests {
             max_response_bytes: cap,
             ca_pem: None,
             identity_pem: None,
+            auth: BTreeMap::new(),
+            allowlist_entries: Vec::new(),
         })
         .unwrap()
     }
@@ -734,6 +839,8 @@ mod tests {
             max_response_bytes: 1024,
             ca_pem: None,
             identity_pem: None,
+            auth: BTreeMap::new(),
+            allowlist_entries: Vec::new(),
         })
         .unwrap();
         let error = client
@@ -742,6 +849,99 @@ mod tests {
             .unwrap_err();
         assert!(
             matches!(&error, OutboundError::Denied(m) if m.contains("secrets.token.hosts")),
+            "{error:?}"
+        );
+    }
+
+    /// A client with one `header` auth named `api` (`Bearer ` prefix,
+    /// value from a file) for `hosts`.
+    fn client_with_header_auth(
+        allowed: &[String],
+        hosts: &[String],
+        value: &std::path::Path,
+    ) -> OutboundClient {
+        let config: crate::spec::AuthConfig = toml::from_str(&format!(
+            "kind = \"header\"\nheader = \"authorization\"\nprefix = \"Bearer \"\nvalue = {{ file = {:?} }}\nhosts = {hosts:?}\n",
+            value.display().to_string()
+        ))
+        .unwrap();
+        OutboundClient::new(OutboundSettings {
+            provider: "test".into(),
+            allowlist: Allowlist::parse(allowed).unwrap(),
+            allowlist_entries: allowed.to_vec(),
+            secrets: HashMap::new(),
+            timeout: Duration::from_secs(2),
+            max_response_bytes: 1024,
+            ca_pem: None,
+            identity_pem: None,
+            auth: BTreeMap::from([("api".to_string(), config)]),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_auth_is_applied_by_the_host_only_where_it_may_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = dir.path().join("api-key");
+        std::fs::write(&value, "k-123456789\n").unwrap();
+        let (base, server) = serve_once("ok").await;
+        let other = "http://127.0.0.2:1".to_string();
+        let client = client_with_header_auth(
+            &[base.clone(), other.clone()],
+            std::slice::from_ref(&base),
+            &value,
+        );
+        let mut request = get(format!("{base}/v1/x"));
+        request.secret_headers.clear();
+        let response = client.send_with_auth("api", request.clone()).await.unwrap();
+        assert_eq!(response.status, 200);
+        let seen = server.await.unwrap().to_lowercase();
+        assert!(seen.contains("authorization: bearer k-123456789"), "{seen}");
+
+        let unknown = client
+            .send_with_auth("nope", request.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(unknown, OutboundError::UnknownSecret("nope".into()));
+        let mut to_other = request.clone();
+        to_other.url = format!("{other}/");
+        let elsewhere = client.send_with_auth("api", to_other).await.unwrap_err();
+        assert!(
+            matches!(&elsewhere, OutboundError::Denied(m) if m.contains("auth.api.hosts")),
+            "{elsewhere:?}"
+        );
+        let mut own_header = request;
+        own_header.headers = vec![("authorization".into(), "Bearer mine".into())];
+        let error = client.send_with_auth("api", own_header).await.unwrap_err();
+        assert!(
+            matches!(error, OutboundError::InvalidRequest(_)),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_response_carrying_an_auths_credential_is_withheld_whoever_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = dir.path().join("api-key");
+        std::fs::write(&value, "k-123456789").unwrap();
+        let (base, _server) =
+            answer_once("HTTP/1.1 200 OK".into(), "echo: k-123456789".into()).await;
+        let client = client_with_header_auth(std::slice::from_ref(&base), &[], &value);
+        let mut plain = get(format!("{base}/"));
+        plain.secret_headers.clear();
+        // Once the auth holds its credential, a request sent without the
+        // auth still must not get it back.
+        client
+            .inner
+            .auths
+            .get("api")
+            .unwrap()
+            .credential()
+            .await
+            .unwrap();
+        let error = client.send(plain).await.unwrap_err();
+        assert!(
+            matches!(&error, OutboundError::Denied(m) if m.contains("credential of auth \"api\"")),
             "{error:?}"
         );
     }

@@ -23,7 +23,8 @@ use crate::quota::{InstanceQuota, Lane, MemoryBudget, Permit};
 use crate::spec::ProviderConfig;
 use kmsgate_core::error::ProviderError;
 use kmsgate_core::kms::{
-    BatchResult, Batching, Call, DecryptItem, Encrypted, KmsProvider, ProviderStatus, Usage,
+    BatchResult, Batching, Call, CredentialStatus, DecryptItem, Encrypted, KmsProvider,
+    ProviderStatus, Usage,
 };
 use kmsgate_core::limits::Annotations;
 use kmsgate_core::secret::{Plaintext, Secret};
@@ -347,6 +348,17 @@ impl WasmProvider {
             .await
             .map_err(fail)?;
         tracing::debug!(provider = %config.name, sha256 = %origin.sha256, ?source, "component ready");
+        let types = component.component_type();
+        let names: Vec<String> = types
+            .imports(&runtime.engine)
+            .map(|(name, _)| name.to_owned())
+            .chain(
+                types
+                    .exports(&runtime.engine)
+                    .map(|(name, _)| name.to_owned()),
+            )
+            .collect();
+        crate::bindings::check_wit_version(names.iter().map(String::as_str)).map_err(fail)?;
         let not_fitting =
             |e: wasmtime::Error| fail(format!("does not fit the kmsgate:provider world: {e}"));
         let pre = runtime
@@ -367,6 +379,7 @@ impl WasmProvider {
             &config.secrets,
             secrets,
             tls,
+            &config.auth,
         )
         .and_then(OutboundClient::new)
         .map_err(retry)?;
@@ -407,6 +420,23 @@ impl WasmProvider {
     /// Where this version came from (component file, digest, fingerprint).
     pub fn origin(&self) -> &Origin {
         &self.origin
+    }
+
+    /// A provider whose credential the host could not obtain is not
+    /// healthy, whatever its guest says (it may not have needed the
+    /// credential for its status), and the detail says why.
+    fn with_credentials(&self, mut status: ProviderStatus) -> ProviderStatus {
+        for credential in self.shared.outbound.auth_statuses() {
+            if credential.state == "failed" {
+                status.healthy = false;
+                status.detail = kmsgate_core::sanitize::clean(
+                    &format!("auth {}: {}", credential.name, credential.detail),
+                    kmsgate_core::sanitize::MAX_DETAIL,
+                );
+                break;
+            }
+        }
+        status
     }
 
     async fn init(&self) -> Result<(), ProviderError> {
@@ -644,6 +674,11 @@ impl KmsProvider for WasmProvider {
             self.finish(instance, result)
         })
         .await
+        .map(|status| self.with_credentials(status))
+    }
+
+    fn credentials(&self) -> Vec<CredentialStatus> {
+        self.shared.outbound.auth_statuses()
     }
 
     async fn encrypt(

@@ -61,6 +61,13 @@ pub struct ProviderConfig {
     /// response that carries one is handed to it.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretConfig>,
+    /// Host-held authentication the provider asks for by name
+    /// (`send-with-auth` in the WIT): `[providers.auth.<name>]` with a
+    /// `kind` (see [`AuthConfig`]). The host obtains, renews and applies
+    /// the credential; it never enters the sandbox, and no response that
+    /// carries it is handed to it.
+    #[serde(default)]
+    pub auth: BTreeMap<String, AuthConfig>,
     /// Outbound HTTP the provider may make. Default: none.
     #[serde(default)]
     pub outbound: OutboundConfig,
@@ -189,6 +196,306 @@ impl SecretConfig {
             _ => None,
         }
     }
+}
+
+/// Where a credential comes from: `{ file = "path" }` (re-read when it
+/// changes; trailing newline trimmed) or `{ env = "NAME" }` (read once).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum Source {
+    File { file: PathBuf },
+    Env { env: String },
+}
+
+/// One auth of a provider: `[providers.auth.<name>]`, by `kind`. Every
+/// kind takes `hosts`, the `scheme://host:port` entries of
+/// `outbound.allowed_hosts` the credential may be applied to (default: the
+/// Vault `address` for the Vault kinds, all allowed hosts for the others).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AuthConfig {
+    /// A fixed secret in one header, with an optional prefix.
+    Header(HeaderAuth),
+    /// A Vault token from a file or the environment, looked up and renewed
+    /// by the host (`renew-self`) before it expires.
+    VaultToken(VaultTokenAuth),
+    /// Vault AppRole login with a role id and a secret id.
+    VaultApprole(VaultApproleAuth),
+    /// Vault JWT login with a token file (a projected service-account token
+    /// or a SPIFFE JWT-SVID).
+    VaultJwt(VaultJwtAuth),
+    /// Vault TLS certificate login.
+    VaultCert(VaultCertAuth),
+    /// AWS Signature Version 4 over each request.
+    AwsSigv4(AwsSigv4Auth),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderAuth {
+    /// Lowercase header name; never one the host owns.
+    pub header: String,
+    /// Written before the secret, for example `"Bearer "`. Default none.
+    #[serde(default)]
+    pub prefix: String,
+    pub value: Source,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VaultTokenAuth {
+    /// Vault's `scheme://host:port`, one of `outbound.allowed_hosts`: the
+    /// host logs in and renews there.
+    pub address: String,
+    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`
+    /// on the host's own requests. Default none.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub token: Source,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VaultApproleAuth {
+    /// Vault's `scheme://host:port`, one of `outbound.allowed_hosts`: the
+    /// host logs in and renews there.
+    pub address: String,
+    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`
+    /// on the host's own requests. Default none.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Where the AppRole auth method is mounted. Default `approle`.
+    #[serde(default = "default_approle_mount")]
+    pub mount: String,
+    pub role_id: Source,
+    pub secret_id: Source,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VaultJwtAuth {
+    /// Vault's `scheme://host:port`, one of `outbound.allowed_hosts`: the
+    /// host logs in and renews there.
+    pub address: String,
+    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`
+    /// on the host's own requests. Default none.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Where the JWT auth method is mounted. Default `jwt`.
+    #[serde(default = "default_jwt_mount")]
+    pub mount: String,
+    /// The Vault role to log in as.
+    pub role: String,
+    /// The JWT's file, re-read when it changes (kubelet rotates projected
+    /// tokens).
+    pub jwt_file: PathBuf,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VaultCertAuth {
+    /// Vault's `scheme://host:port`, one of `outbound.allowed_hosts`: the
+    /// host logs in and renews there.
+    pub address: String,
+    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`
+    /// on the host's own requests. Default none.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Where the cert auth method is mounted. Default `cert`.
+    #[serde(default = "default_cert_mount")]
+    pub mount: String,
+    /// The certificate role to log in as; default: any that matches.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// PEM client certificate and key presented at login (only there).
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSigv4Auth {
+    /// The region signed for, for example `eu-west-1`.
+    pub region: String,
+    /// The service signed for. Default `kms`.
+    #[serde(default = "default_aws_service")]
+    pub service: String,
+    /// Static credentials: the access key id and secret access key, and
+    /// a session token for temporary ones. Or `web_identity`.
+    #[serde(default)]
+    pub access_key_id: Option<Source>,
+    #[serde(default)]
+    pub secret_access_key: Option<Source>,
+    #[serde(default)]
+    pub session_token: Option<Source>,
+    /// Temporary credentials from STS `AssumeRoleWithWebIdentity`.
+    #[serde(default)]
+    pub web_identity: Option<WebIdentity>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebIdentity {
+    pub role_arn: String,
+    /// The OIDC token's file (a projected service-account token), re-read
+    /// at every refresh.
+    pub token_file: PathBuf,
+    /// Default `kmsgate`.
+    #[serde(default = "default_session_name")]
+    pub session_name: String,
+    /// Default `https://sts.<region>.amazonaws.com`.
+    #[serde(default)]
+    pub sts_endpoint: Option<String>,
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+
+fn default_jwt_mount() -> String {
+    "jwt".into()
+}
+
+fn default_cert_mount() -> String {
+    "cert".into()
+}
+
+fn default_aws_service() -> String {
+    "kms".into()
+}
+
+fn default_session_name() -> String {
+    "kmsgate".into()
+}
+
+impl AuthConfig {
+    /// The kind as written in the config (`vault-approle`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthConfig::Header(_) => "header",
+            AuthConfig::VaultToken(_) => "vault-token",
+            AuthConfig::VaultApprole(_) => "vault-approle",
+            AuthConfig::VaultJwt(_) => "vault-jwt",
+            AuthConfig::VaultCert(_) => "vault-cert",
+            AuthConfig::AwsSigv4(_) => "aws-sigv4",
+        }
+    }
+
+    /// The Vault address this auth logs in to, and its namespace, for the
+    /// Vault kinds.
+    pub fn vault(&self) -> Option<(&str, Option<&str>)> {
+        match self {
+            AuthConfig::VaultToken(a) => Some((&a.address, a.namespace.as_deref())),
+            AuthConfig::VaultApprole(a) => Some((&a.address, a.namespace.as_deref())),
+            AuthConfig::VaultJwt(a) => Some((&a.address, a.namespace.as_deref())),
+            AuthConfig::VaultCert(a) => Some((&a.address, a.namespace.as_deref())),
+            AuthConfig::Header(_) | AuthConfig::AwsSigv4(_) => None,
+        }
+    }
+
+    /// The configured `hosts`, before defaults.
+    pub fn hosts(&self) -> &[String] {
+        match self {
+            AuthConfig::Header(a) => &a.hosts,
+            AuthConfig::VaultToken(a) => &a.hosts,
+            AuthConfig::VaultApprole(a) => &a.hosts,
+            AuthConfig::VaultJwt(a) => &a.hosts,
+            AuthConfig::VaultCert(a) => &a.hosts,
+            AuthConfig::AwsSigv4(a) => &a.hosts,
+        }
+    }
+
+    /// The hosts the credential is applied to: `hosts`, or by default the
+    /// Vault address, or else every allowed host.
+    pub fn effective_hosts(&self, allowed: &[String]) -> Vec<String> {
+        if !self.hosts().is_empty() {
+            return self.hosts().to_vec();
+        }
+        match self.vault() {
+            Some((address, _)) => vec![address.trim_end_matches('/').to_owned()],
+            None => allowed.to_vec(),
+        }
+    }
+
+    fn validate(
+        &self,
+        field: &str,
+        allowed: &Allowlist,
+        allowed_hosts: &[String],
+    ) -> Result<(), Problem> {
+        let hosts = Allowlist::parse(&self.effective_hosts(allowed_hosts))
+            .map_err(|why| Problem::new(format!("{field}.hosts"), why))?;
+        if !allowed.covers(&hosts) {
+            return Err(Problem::new(
+                format!("{field}.hosts"),
+                "each entry (default: the Vault address) must be one of outbound.allowed_hosts",
+            ));
+        }
+        match self {
+            AuthConfig::Header(a) => crate::outbound::check_secret_header(&a.header)
+                .map_err(|why| Problem::new(format!("{field}.header"), why)),
+            AuthConfig::VaultApprole(a) if !is_valid_mount(&a.mount) => {
+                Err(Problem::new(format!("{field}.mount"), MOUNT_RULE))
+            }
+            AuthConfig::VaultJwt(a) if !is_valid_mount(&a.mount) => {
+                Err(Problem::new(format!("{field}.mount"), MOUNT_RULE))
+            }
+            AuthConfig::VaultCert(a) if !is_valid_mount(&a.mount) => {
+                Err(Problem::new(format!("{field}.mount"), MOUNT_RULE))
+            }
+            AuthConfig::AwsSigv4(a) => {
+                let statics = (&a.access_key_id, &a.secret_access_key);
+                match (statics, &a.web_identity) {
+                    ((Some(_), Some(_)), None) => {}
+                    ((None, None), Some(_)) if a.session_token.is_none() => {}
+                    _ => {
+                        return Err(Problem::new(
+                            field,
+                            "needs access_key_id and secret_access_key (and optionally session_token), or web_identity",
+                        ));
+                    }
+                }
+                for (what, value) in [("region", &a.region), ("service", &a.service)] {
+                    if value.is_empty()
+                        || !value
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    {
+                        return Err(Problem::new(
+                            format!("{field}.{what}"),
+                            "lowercase letters, digits and '-'",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+const MOUNT_RULE: &str = "a Vault mount path: letters, digits, '-', '_' and '/' between segments";
+
+fn is_valid_mount(mount: &str) -> bool {
+    !mount.is_empty()
+        && mount.split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -369,6 +676,16 @@ impl ProviderConfig {
                     "each entry must be one of outbound.allowed_hosts",
                 ));
             }
+        }
+        for (name, auth) in &self.auth {
+            let field = format!("{at}.auth.{name}");
+            if !is_valid_name(name) {
+                return Err(Problem::new(
+                    field,
+                    "an auth's name is 1-63 lowercase letters, digits or '-'",
+                ));
+            }
+            auth.validate(&field, &allowed, &self.outbound.allowed_hosts)?;
         }
         if self.outbound.client_cert_file.is_some() != self.outbound.client_key_file.is_some() {
             return Err(Problem::new(

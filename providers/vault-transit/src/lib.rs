@@ -3,10 +3,12 @@
 //! Vault or OpenBao; the key never leaves Vault.
 //!
 //! The provider talks to Vault only through the host's `outbound-http`
-//! import and never sees the Vault token: every request asks the host to
-//! send the provider secret `token` as `X-Vault-Token`. The operator
-//! configures that secret, and allows `address` in `allowed_hosts`, on the
-//! host side.
+//! import and never sees the Vault token: with setting `auth`, every
+//! request asks the host to authenticate it with that auth (a token the
+//! host renews, or logs in for with AppRole, a JWT or a TLS certificate);
+//! without it, to send the provider secret `token` as `X-Vault-Token`. The
+//! operator configures the auth or the secret, and allows `address` in
+//! `allowed_hosts`, on the host side.
 //!
 //! # Settings (`wasi:config/store`)
 //! - `address` (required): `http://host:port` or `https://host:port`, no
@@ -18,6 +20,9 @@
 //!   `{mount}/encrypt/{key}` and `{mount}/decrypt/{key}`, so that Vault
 //!   cannot upsert a deleted key on encrypt.
 //! - `namespace` (optional): sent as `X-Vault-Namespace`.
+//! - `auth` (optional): the name of the operator's auth
+//!   (`[providers.auth.<name>]`) that supplies the Vault token. Without
+//!   it the host sends the secret `token`.
 //!
 //! A missing or invalid setting is `invalid-config`, naming the setting.
 //!
@@ -178,6 +183,9 @@ impl VaultTransit {
         // The SDK's mapping, with what an operator of this provider should
         // check added to the two config errors.
         let hint = match &error {
+            http::HttpError::UnknownSecret(_) if s.auth.is_some() => {
+                Some("setting `auth` must name an auth of this provider")
+            }
             http::HttpError::UnknownSecret(_) => Some("it must hold the Vault token"),
             http::HttpError::InvalidRequest(_) => {
                 Some("check settings `address`, `mount` and `namespace`")

@@ -221,14 +221,18 @@ impl Settings {
     }
 
     /// A request to `{address}/v1/{mount}/{endpoint}/{key}` that asks the
-    /// host for the token (and sends the namespace, if any).
+    /// host for the token, through the auth if one is set (and sends the
+    /// namespace, if any).
     fn request(&self, method: Method, endpoint: &str) -> Request {
         let url = format!("{}/v1/{}/{endpoint}/{}", self.address, self.mount, self.key);
         let mut request = Request::new(method, url);
         if let Some(ns) = &self.namespace {
             request = request.header(NAMESPACE_HEADER, ns);
         }
-        request.secret_header(TOKEN_HEADER, TOKEN_SECRET)
+        match &self.auth {
+            Some(auth) => request.auth(auth),
+            None => request.secret_header(TOKEN_HEADER, TOKEN_SECRET),
+        }
     }
 
     /// Passes a 2xx body through; turns anything else into a [`KmsError`].

@@ -4,7 +4,9 @@
 //! The host sends the request only to the operator's `allowed_hosts`, with
 //! the operator's CA bundle, client certificate, timeout and size cap, and
 //! fills in secrets the provider names but never sees
-//! ([`Request::secret_header`]).
+//! ([`Request::secret_header`]), or authenticates the request with an auth
+//! the operator configured ([`Request::auth`]: a Vault token it logs in
+//! for and renews, an AWS SigV4 signature, a fixed header).
 //!
 //! # Errors
 //! [`status_error`] and [`transport_error`] are the SDK's mapping; a
@@ -17,8 +19,8 @@
 //! | HTTP 429, 5xx | `unavailable` (retrying later may succeed) |
 //! | HTTP 401, 403 | `permission-denied` |
 //! | any other non-2xx status (3xx, other 4xx) | `internal` |
-//! | `http-error::denied` (not in `allowed_hosts`, secret not allowed there, answer withheld) | `permission-denied` |
-//! | `http-error::unknown-secret`, `http-error::invalid-request` | `invalid-config` |
+//! | `http-error::denied` (not in `allowed_hosts`, secret or auth not allowed there, the auth's credential refused, answer withheld) | `permission-denied` |
+//! | `http-error::unknown-secret` (secret or auth), `http-error::invalid-request` | `invalid-config` |
 //! | `http-error::timeout`, `http-error::connection-failed` | `unavailable` |
 //! | `http-error::response-too-large` | `internal` |
 
@@ -57,6 +59,8 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// (header name, secret name) pairs the host fills in.
     pub secret_headers: Vec<(String, String)>,
+    /// The operator's auth the host authenticates the request with, if any.
+    pub auth: Option<String>,
     /// The body; empty for none.
     pub body: Vec<u8>,
 }
@@ -69,6 +73,7 @@ impl Request {
             url: url.into(),
             headers: Vec::new(),
             secret_headers: Vec::new(),
+            auth: None,
             body: Vec::new(),
         }
     }
@@ -112,6 +117,18 @@ impl Request {
         self
     }
 
+    /// Asks the host to authenticate the request with the operator's auth
+    /// named `auth` (`[providers.auth.<auth>]`), after it is built: a Vault
+    /// token the host logs in for and renews, an AWS SigV4 signature, or a
+    /// fixed header. The credential never enters the sandbox. No auth of
+    /// that name is `unknown-secret`; a host not allowed for it, or a
+    /// credential its backend refused, `denied`; a login endpoint that
+    /// could not be reached, `connection-failed`.
+    pub fn auth(mut self, auth: impl Into<String>) -> Request {
+        self.auth = Some(auth.into());
+        self
+    }
+
     /// Sets the body.
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
         self.body = body.into();
@@ -138,13 +155,17 @@ impl Request {
                 "outbound HTTP needs the kmsgate host (a wasm32 component)".into(),
             ));
         }
-        let response = raw::send(&raw::Request {
+        let request = raw::Request {
             method: self.method,
             url: self.url,
             headers: self.headers,
             secret_headers: self.secret_headers,
             body: self.body,
-        })?;
+        };
+        let response = match &self.auth {
+            Some(auth) => raw::send_with_auth(auth, &request)?,
+            None => raw::send(&request)?,
+        };
         Ok(Response {
             status: response.status,
             headers: response.headers,
@@ -161,6 +182,7 @@ impl fmt::Debug for Request {
             .field("url", &self.url)
             .field("headers", &self.headers)
             .field("secret_headers", &self.secret_headers)
+            .field("auth", &self.auth)
             .field("body", &format_args!("<{} bytes>", self.body.len()))
             .finish()
     }

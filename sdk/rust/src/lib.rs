@@ -5,7 +5,7 @@
 //! a type, name it in [`export!`], and build a `cdylib` with
 //! `cargo build --release --target wasm32-wasip2`. The contract, with the
 //! error semantics of every call, is `wit/provider.wit` (package
-//! `kmsgate:provider@0.1.0`); this crate is the only Rust code that names
+//! `kmsgate:provider@0.1.1`); this crate is the only Rust code that names
 //! it, so providers never see `wit-bindgen`.
 //!
 //! # A minimal provider
@@ -119,7 +119,7 @@ pub mod batch {
         world: "batch-export",
         path: "../../wit",
         with: {
-            "kmsgate:provider/types@0.1.0": crate::wit::kmsgate::provider::types,
+            "kmsgate:provider/types@0.1.1": crate::wit::kmsgate::provider::types,
         },
         additional_derives: [PartialEq, Eq],
         pub_export_macro: true,

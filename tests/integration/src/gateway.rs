@@ -26,6 +26,7 @@ pub struct ProviderSpec {
     outbound: Table,
     limits: Table,
     batch: Table,
+    auth: Table,
     sha256: Option<String>,
 }
 
@@ -48,6 +49,7 @@ impl ProviderSpec {
             outbound: Table::new(),
             limits: Table::new(),
             batch: Table::new(),
+            auth: Table::new(),
             sha256: None,
         }
     }
@@ -78,6 +80,37 @@ impl ProviderSpec {
             .setting("key", key)
             .secret("token", &bao.token)
             .allow(address)
+    }
+
+    /// `vault-transit` against the Vault at `address`, Transit key `key`,
+    /// with the Vault token from the host's auth (`[providers.auth.vault]`),
+    /// no secret. `auth` holds `kind` and the kind's fields; `address` is
+    /// filled in.
+    pub fn vault_with_auth(name: &str, address: &str, key: &str, mut auth: Table) -> Self {
+        if auth["kind"]
+            .as_str()
+            .is_some_and(|kind| kind.starts_with("vault-"))
+        {
+            auth.entry("address").or_insert_with(|| address.into());
+        }
+        ProviderSpec::new(name, "vault_transit")
+            .setting("address", address)
+            .setting("key", key)
+            .setting("auth", "vault")
+            .allow(address)
+            .auth("vault", auth)
+    }
+
+    /// `[providers.auth.<name>]`: `config` holds `kind` and its fields.
+    pub fn auth(mut self, name: &str, config: Table) -> Self {
+        self.auth.insert(name.into(), Value::Table(config));
+        self
+    }
+
+    /// Sets one `[providers.outbound]` key.
+    pub fn outbound(mut self, key: &str, value: Value) -> Self {
+        self.outbound.insert(key.into(), value);
+        self
     }
 
     /// Runs the component at `path` instead of a built one (tests that
@@ -166,6 +199,7 @@ impl ProviderSpec {
         table.insert("outbound".into(), Value::Table(self.outbound.clone()));
         table.insert("limits".into(), Value::Table(self.limits.clone()));
         table.insert("batch".into(), Value::Table(self.batch.clone()));
+        table.insert("auth".into(), Value::Table(self.auth.clone()));
         table
     }
 }

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod openbao;
 pub mod proxy;
 pub mod requests;
+pub mod vault_auth;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

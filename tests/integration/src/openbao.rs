@@ -17,6 +17,9 @@ use crate::{SETUP_HINT, free_port, wait_until};
 pub struct OpenBao {
     /// `http://127.0.0.1:PORT`.
     pub address: String,
+    /// `https://127.0.0.1:PORT`, for a server started with
+    /// [`OpenBao::dev_with_tls`].
+    pub tls_address: Option<String>,
     /// A root token (tests only).
     pub token: String,
     child: Option<Child>,
@@ -30,22 +33,46 @@ const DEV_TOKEN: &str = "kmsgate-test-root-token";
 
 impl OpenBao {
     pub async fn dev() -> OpenBao {
+        OpenBao::dev_with(None).await
+    }
+
+    /// A dev server that also listens with TLS, on [`OpenBao::tls_address`],
+    /// with `ca`'s server certificate, asking clients for a certificate of
+    /// `ca` (optional: cert auth needs one, the rest of the API does not).
+    pub async fn dev_with_tls(ca: &crate::vault_auth::TestCa) -> OpenBao {
+        OpenBao::dev_with(Some(ca)).await
+    }
+
+    async fn dev_with(ca: Option<&crate::vault_auth::TestCa>) -> OpenBao {
         // `free_port` releases the port before OpenBao binds it, so a test
         // running in parallel may take it first: if the server exits at
         // start, try again on another port.
         for _ in 0..5 {
             let port = free_port();
             let dir = tempfile::tempdir().expect("tempdir");
-            let child = spawn(
-                &dir,
-                &[
-                    "server",
-                    "-dev",
-                    &format!("-dev-root-token-id={DEV_TOKEN}"),
-                    &format!("-dev-listen-address=127.0.0.1:{port}"),
-                ],
-            );
+            let mut args = vec![
+                "server".to_string(),
+                "-dev".into(),
+                format!("-dev-root-token-id={DEV_TOKEN}"),
+                format!("-dev-listen-address=127.0.0.1:{port}"),
+            ];
+            let mut tls_address = None;
+            if let Some(ca) = ca {
+                let tls_port = free_port();
+                let hcl = format!(
+                    "listener \"tcp\" {{\n  address = \"127.0.0.1:{tls_port}\"\n  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n  tls_client_ca_file = \"{}\"\n}}\n",
+                    ca.server_cert().display(),
+                    ca.server_key().display(),
+                    ca.ca_cert().display(),
+                );
+                std::fs::write(dir.path().join("tls.hcl"), hcl).expect("writing tls.hcl");
+                args.push("-config=tls.hcl".into());
+                tls_address = Some(format!("https://127.0.0.1:{tls_port}"));
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let child = spawn(&dir, &args);
             let mut bao = OpenBao::new(port, dir, child, DEV_TOKEN.into(), None);
+            bao.tls_address = tls_address;
             if bao.wait_ready_unless_exited().await {
                 bao.setup_transit().await;
                 return bao;
@@ -132,6 +159,7 @@ cluster_addr = "http://127.0.0.1:{cluster_port}"
     ) -> OpenBao {
         OpenBao {
             address: format!("http://127.0.0.1:{port}"),
+            tls_address: None,
             token,
             child: Some(child),
             dir,

@@ -244,6 +244,49 @@ async fn a_component_of_another_world_is_refused_at_load() {
     );
 }
 
+/// The versioning policy of `wit/README.md`: a component built against
+/// `kmsgate:provider@0.1.0` as released keeps loading and serving, every
+/// export and import, on a host that offers a later 0.1 version.
+#[tokio::test]
+async fn a_component_built_against_wit_0_1_0_loads_and_works_unchanged() {
+    let gateway = gateway_with(
+        "old",
+        ProviderSpec::new("old", "fixture_wit_0_1_0").setting("key-id", "old-7"),
+    )
+    .await;
+    let mut client = gateway.v2().await;
+    let status = kmsgate_integration::requests::status(&mut client).await;
+    assert_eq!(
+        (status.key_id.as_str(), status.healthz.as_str()),
+        ("old/old-7", "ok")
+    );
+    let sealed = client
+        .encrypt(encrypt(b"a dek"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sealed.key_id, "old/old-7");
+    let opened = client
+        .decrypt(kmsgate_integration::requests::decrypt(&sealed))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.plaintext, b"a dek");
+    let garbage = kmsgate_integration::requests::decrypt_raw(b"garbage".to_vec(), "old/old-7");
+    let error = client.decrypt(garbage).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{}", error.message());
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_component_built_for_a_newer_wit_is_refused_naming_both_versions() {
+    let error = start_error(ProviderSpec::new("future", "fixture_wit_from_future")).await;
+    assert!(
+        error.contains("kmsgate:provider@0.9.0") && error.contains("@0.1.0 to @0.1.1"),
+        "{error}"
+    );
+}
+
 #[test]
 fn every_fixture_is_used() {
     fn read_sources(dir: &std::path::Path, into: &mut String) {

@@ -1,7 +1,7 @@
 //! `kmsgate:provider/outbound-http`: the provider's only way out. The
 //! request goes to [`crate::outbound::OutboundClient`], which applies the
-//! allowlist, TLS settings, secrets and caps; the time it waits is not
-//! charged to the provider's CPU budget.
+//! allowlist, TLS settings, secrets, auths and caps; the time it waits is
+//! not charged to the provider's CPU budget.
 
 use wasmtime::component::{HasSelf, Linker};
 
@@ -19,6 +19,18 @@ impl http::Host for HostState {
         let meter = self.meter.clone();
         let result = meter
             .outbound(self.shared.outbound.send(request.into()))
+            .await;
+        result.map(Into::into).map_err(Into::into)
+    }
+
+    async fn send_with_auth(
+        &mut self,
+        auth: String,
+        request: http::Request,
+    ) -> Result<http::Response, http::HttpError> {
+        let meter = self.meter.clone();
+        let result = meter
+            .outbound(self.shared.outbound.send_with_auth(&auth, request.into()))
             .await;
         result.map(Into::into).map_err(Into::into)
     }

@@ -20,6 +20,10 @@ pub struct Settings {
     pub key: String,
     /// Namespace (Vault Enterprise, OpenBao), sent as `X-Vault-Namespace`.
     pub namespace: Option<String>,
+    /// The operator's auth that gives the host the Vault token
+    /// (`vault-token`, `vault-approle`, `vault-jwt`, `vault-cert`); without
+    /// one, the host sends the secret `token`.
+    pub auth: Option<String>,
 }
 
 impl Settings {
@@ -47,11 +51,13 @@ impl Settings {
         let namespace = value("namespace")
             .map(|ns| check_path("namespace", ns.trim_matches('/')))
             .transpose()?;
+        let auth = value("auth");
         Ok(Settings {
             address,
             mount,
             key,
             namespace,
+            auth,
         })
     }
 

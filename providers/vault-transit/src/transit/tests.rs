@@ -401,3 +401,22 @@ fn a_failed_batch_request_fails_every_item() {
         Err(KmsError::Internal(_))
     ));
 }
+
+#[test]
+fn with_an_auth_the_host_authenticates_and_no_secret_is_named() {
+    let with_auth = settings_from(&[
+        ("address", "http://127.0.0.1:8200"),
+        ("key", "kube"),
+        ("auth", "vault"),
+    ])
+    .unwrap();
+    let request = with_auth.read_key_request();
+    assert_eq!(request.auth.as_deref(), Some("vault"));
+    assert!(request.secret_headers.is_empty());
+    let request = settings().read_key_request();
+    assert_eq!(request.auth, None);
+    assert_eq!(
+        request.secret_headers,
+        vec![(TOKEN_HEADER.to_string(), TOKEN_SECRET.to_string())]
+    );
+}

@@ -5,6 +5,7 @@
 //! came back everywhere it can.
 
 use base64::Engine as _;
+use kmsgate_integration::vault_auth::{auth_table, file_source};
 use kmsgate_integration::{HeaderEcho, OpenBao, ProviderSpec, TestGateway, wait_until};
 
 use crate::encrypt;
@@ -74,6 +75,52 @@ async fn a_provider_cannot_read_its_vault_token_back() {
     assert_not_published(&seen, &bao.token);
     // The host withheld the answer; nothing was merely cut short.
     assert!(seen.contains("withheld"), "{seen}");
+}
+
+/// A token the host logged in for (AppRole here) is searched for like a
+/// configured secret: `lookup-self` through the auth is withheld.
+#[tokio::test]
+async fn a_provider_cannot_read_back_a_token_the_host_logged_in_for() {
+    let bao = OpenBao::dev().await;
+    bao.create_transit_policy().await;
+    let role_id = bao.enable_approle().await;
+    let secret_id = bao.new_secret_id().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (role_file, secret_file) = (dir.path().join("role-id"), dir.path().join("secret-id"));
+    std::fs::write(&role_file, &role_id).unwrap();
+    std::fs::write(&secret_file, &secret_id).unwrap();
+    let auth = auth_table(
+        "vault-approle",
+        &[
+            ("address", bao.address.clone().into()),
+            ("role_id", file_source(&role_file)),
+            ("secret_id", file_source(&secret_file)),
+        ],
+    );
+    let leaky = ProviderSpec::hostile("leaky", "fixture_leaky")
+        .setting(
+            "target",
+            &format!("{}/v1/auth/token/lookup-self", bao.address),
+        )
+        .setting("auth", "vault")
+        .auth("vault", auth)
+        .allow(&bao.address);
+    let daemon = TestGateway::new()
+        .with_provider(leaky)
+        .admin_http()
+        .spawn_process("trace");
+    let (seen, _) = published(daemon, "leaky").await;
+    assert_not_published(&seen, &secret_id);
+    assert!(
+        seen.contains("withheld") && seen.contains("credential of auth"),
+        "{seen}"
+    );
+    // Whatever token the daemon held: none in any form above.
+    let token_like = seen
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+        .filter(|word| word.starts_with("s.") && word.len() >= 26)
+        .collect::<Vec<_>>();
+    assert!(token_like.is_empty(), "tokens published: {token_like:?}");
 }
 
 #[tokio::test]
