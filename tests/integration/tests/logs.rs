@@ -134,3 +134,101 @@ async fn no_plaintext_key_or_token_in_trace_logs() {
         "a piece of the plaintext appears in the logs"
     );
 }
+
+/// The credentials of every Vault auth kind the host holds (a given token,
+/// an AppRole secret id, a JWT, and the tokens it logs in for) never reach
+/// the logs, at trace level, through logins, renewals and a refused login.
+#[tokio::test]
+async fn no_credential_of_an_auth_in_trace_logs() {
+    use kmsgate_integration::vault_auth::{JwtSigner, auth_table, file_source};
+    let bao = OpenBao::dev().await;
+    bao.create_transit_policy().await;
+    let given = bao.create_token("5s", "").await;
+    let role_id = bao.enable_approle().await;
+    let secret_id = bao.new_secret_id().await;
+    let signer = JwtSigner::new();
+    bao.enable_jwt(&signer).await;
+    let jwt = signer.token("kmsgate", 3600);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let token_file = file("token", &given);
+    let role_file = file("role-id", &role_id);
+    let secret_file = file("secret-id", &secret_id);
+    let jwt_file = file("jwt", &jwt);
+    let vault = |name: &str, auth| ProviderSpec::vault_with_auth(name, &bao.address, "kube", auth);
+    let daemon = TestGateway::new()
+        .with_provider(vault(
+            "token",
+            auth_table("vault-token", &[("token", file_source(&token_file))]),
+        ))
+        .with_provider(vault(
+            "approle",
+            auth_table(
+                "vault-approle",
+                &[
+                    ("role_id", file_source(&role_file)),
+                    ("secret_id", file_source(&secret_file)),
+                ],
+            ),
+        ))
+        .with_provider(vault(
+            "jwt",
+            auth_table(
+                "vault-jwt",
+                &[
+                    ("role", "kms".into()),
+                    ("jwt_file", jwt_file.display().to_string().into()),
+                ],
+            ),
+        ))
+        .primary("approle")
+        .status_interval_ms(1_000)
+        .spawn_process(LOG_FILTER);
+    let mut client = daemon.v2().await;
+    // Long enough for renewals (every 2.5 s) to be logged.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        let sealed = client
+            .encrypt(v2::EncryptRequest {
+                plaintext: b"dek".to_vec(),
+                uid: "uid-auth-log".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(sealed.key_id.starts_with("approle/"));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A refused login logs its failure.
+    std::fs::write(&secret_file, "not-a-secret-id").unwrap();
+    bao.revoke_logins("approle").await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    drop(client);
+    let logs = daemon.terminate();
+    assert!(logs.contains("credential refreshed"), "no auth activity logged");
+    assert!(logs.contains("refreshing the credential failed"), "no failure logged");
+    for (what, secret) in [
+        ("given token", given.as_str()),
+        ("secret id", secret_id.as_str()),
+        ("JWT", jwt.as_str()),
+        ("JWT signature", jwt.rsplit('.').next().unwrap()),
+        ("root token", bao.token.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "the {what} appears in the logs");
+        assert!(
+            !logs.contains(&STANDARD.encode(secret)),
+            "the {what} appears base64-encoded in the logs"
+        );
+    }
+    // Tokens the host logged in for: OpenBao's service tokens are `s.`
+    // and 24 characters.
+    let tokens: Vec<&str> = logs
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+        .filter(|word| word.starts_with("s.") && word.len() == 26)
+        .collect();
+    assert!(tokens.is_empty(), "Vault tokens in the logs: {tokens:?}");
+}

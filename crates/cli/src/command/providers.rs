@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use kmsgate_proto::{admin, client};
 
 /// Show what a running daemon serves: per provider the component, its
-/// sha256, load time, generation, health, and the last reload error, as
+/// sha256, load time, generation, health, the state of each credential the
+/// host holds for it (never the credential), and the last reload error, as
 /// JSON: the same view as the admin port's `/providers`, with key ids.
 #[derive(clap::Args)]
 pub struct Args {
