@@ -530,21 +530,42 @@ impl Config {
     }
 
     /// Whether a running daemon can move from `self` to `next` without a
-    /// restart. The socket cannot move, and providers cannot be removed:
-    /// their ciphertexts would no longer decrypt.
-    pub fn reloadable_to(&self, next: &Config) -> Result<(), String> {
+    /// restart. The socket cannot move, and a provider can be removed only
+    /// when the operator names it in `removable` (`kmsgate reload --remove
+    /// NAME`): its ciphertexts no longer decrypt, so a config edit alone,
+    /// a stray one included, never does it. Returns the providers removed.
+    pub fn reloadable_to(
+        &self,
+        next: &Config,
+        removable: &[String],
+    ) -> Result<Vec<String>, String> {
         if next.socket != self.socket || next.socket_mode != self.socket_mode {
             return Err("socket and socket_mode changes need a restart".into());
         }
+        let mut removed = Vec::new();
         for provider in &self.providers {
-            if !next.providers.iter().any(|p| p.name == provider.name) {
+            if next.providers.iter().any(|p| p.name == provider.name) {
+                continue;
+            }
+            if !removable.contains(&provider.name) {
                 return Err(format!(
-                    "provider {} was removed; that would strand its ciphertexts, so removal needs a restart",
+                    "provider {0} was removed; that would strand its ciphertexts: rewrite them first, then `kmsgate reload --remove {0}` (or restart)",
                     provider.name
                 ));
             }
+            removed.push(provider.name.clone());
         }
-        Ok(())
+        for name in removable {
+            if next.providers.iter().any(|p| &p.name == name) {
+                return Err(format!(
+                    "--remove {name}: provider {name} is still in the config"
+                ));
+            }
+            if !self.providers.iter().any(|p| &p.name == name) {
+                return Err(format!("--remove {name}: no provider {name} is serving"));
+            }
+        }
+        Ok(removed)
     }
 
     /// Every file whose change should trigger a reload.
@@ -751,15 +772,23 @@ mod tests {
         ))
         .unwrap();
         let one = Config::parse(MINIMAL).unwrap();
-        assert!(one.reloadable_to(&two).is_ok(), "adding a provider is fine");
         assert!(
-            two.reloadable_to(&one)
+            one.reloadable_to(&two, &[]).is_ok(),
+            "adding a provider is fine"
+        );
+        assert!(
+            two.reloadable_to(&one, &[])
                 .unwrap_err()
                 .contains("provider b was removed")
         );
+        // Named by the operator, it may go; a name still configured or
+        // unknown is a mistake.
+        assert_eq!(two.reloadable_to(&one, &["b".into()]).unwrap(), ["b"]);
+        assert!(one.reloadable_to(&one, &["local".into()]).is_err());
+        assert!(two.reloadable_to(&one, &["b".into(), "c".into()]).is_err());
         let moved =
             Config::parse(&MINIMAL.replace("/run/kmsgate.sock", "/run/other.sock")).unwrap();
-        assert!(one.reloadable_to(&moved).is_err());
+        assert!(one.reloadable_to(&moved, &[]).is_err());
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub struct Gateway {
     slots: RwLock<HashMap<String, Arc<Slot>>>,
     primary: RwLock<Arc<Slot>>,
     status_interval: Duration,
-    refreshers: Mutex<Vec<JoinHandle<()>>>,
+    /// One per provider, by name.
+    refreshers: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
 impl Gateway {
@@ -63,7 +64,7 @@ impl Gateway {
             slots: RwLock::new(slots),
             primary: RwLock::new(primary),
             status_interval,
-            refreshers: Mutex::new(Vec::new()),
+            refreshers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -133,8 +134,32 @@ impl Gateway {
         while refreshes.join_next().await.is_some() {}
     }
 
+    /// Removes provider `name` and stops its refresher; calls in flight on
+    /// it finish. The primary cannot be removed.
+    pub fn remove(&self, name: &str) -> bool {
+        if self.primary().name() == name {
+            return false;
+        }
+        let removed = self
+            .slots
+            .write()
+            .expect("slots lock poisoned")
+            .remove(name)
+            .is_some();
+        if let Some(refresher) = self
+            .refreshers
+            .lock()
+            .expect("refreshers lock poisoned")
+            .remove(name)
+        {
+            refresher.abort();
+        }
+        removed
+    }
+
     fn spawn_refresher(&self, slot: Arc<Slot>) {
         let interval = self.status_interval;
+        let name = slot.name().to_string();
         let handle = tokio::spawn(async move {
             loop {
                 // While the backend is down, check as often as the
@@ -152,7 +177,7 @@ impl Gateway {
         self.refreshers
             .lock()
             .expect("refreshers lock poisoned")
-            .push(handle);
+            .insert(name, handle);
     }
 
     /// The apiserver's Status: from the cache, no backend round trip.
@@ -212,11 +237,11 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        for handle in self
+        for (_, handle) in self
             .refreshers
             .get_mut()
             .expect("refreshers lock poisoned")
-            .drain(..)
+            .drain()
         {
             handle.abort();
         }

@@ -40,6 +40,8 @@ pub struct ReloadReport {
     pub refused: Vec<(String, String)>,
     /// Why the reload as a whole failed (nothing changed).
     pub error: Option<String>,
+    /// Providers removed, as the operator asked.
+    pub removed: Vec<String>,
 }
 
 impl ReloadReport {
@@ -172,9 +174,16 @@ impl Reloader {
     /// Re-reads the config file and swaps what changed. `trigger` is for
     /// the log.
     pub async fn reload(&self, trigger: &str) -> ReloadReport {
+        self.reload_removing(trigger, &[]).await
+    }
+
+    /// [`Reloader::reload`], also removing the providers named in `remove`
+    /// that the new config no longer has (see
+    /// [`Config::reloadable_to`]); only `kmsgate reload --remove` asks.
+    pub async fn reload_removing(&self, trigger: &str, remove: &[String]) -> ReloadReport {
         let mut current = self.current.lock().await;
-        tracing::info!(trigger, "reload started");
-        let report = self.reload_locked(&mut current).await;
+        tracing::info!(trigger, ?remove, "reload started");
+        let report = self.reload_locked(&mut current, remove).await;
         self.stats.reloads_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.reloaded(!report.failed());
         let problems = report.problems();
@@ -189,7 +198,7 @@ impl Reloader {
         report
     }
 
-    async fn reload_locked(&self, current: &mut Config) -> ReloadReport {
+    async fn reload_locked(&self, current: &mut Config, remove: &[String]) -> ReloadReport {
         let mut report = ReloadReport::default();
         let Some(path) = current.path.clone() else {
             report.error = Some("the daemon was not started from a config file".into());
@@ -208,10 +217,13 @@ impl Reloader {
                 return report;
             }
         };
-        if let Err(why) = current.reloadable_to(&next) {
-            report.error = Some(why);
-            return report;
-        }
+        let removed = match current.reloadable_to(&next, remove) {
+            Ok(removed) => removed,
+            Err(why) => {
+                report.error = Some(why);
+                return report;
+            }
+        };
 
         for config in &next.providers {
             let result = match self.gateway.slot(&config.name) {
@@ -239,6 +251,18 @@ impl Reloader {
                     primary.to_string(),
                     "cannot become primary: it failed to load".into(),
                 ));
+            }
+        }
+        // Last, once the new primary serves: a provider that was primary
+        // goes only if another took its place.
+        for name in removed {
+            if self.gateway.remove(&name) {
+                tracing::info!(provider = %name, "provider removed");
+                report.removed.push(name);
+            } else {
+                report
+                    .refused
+                    .push((name, "cannot be removed while it is the primary".into()));
             }
         }
         *current = next;

@@ -485,9 +485,18 @@ impl RunningGateway {
 
     /// Asks the daemon to reload; returns its report.
     pub async fn reload(&self) -> ReloadResponse {
+        self.reload_removing(&[]).await
+    }
+
+    /// Asks the daemon to reload and remove the providers `remove`
+    /// (`kmsgate reload --remove`).
+    pub async fn reload_removing(&self, remove: &[&str]) -> ReloadResponse {
+        let request = ReloadRequest {
+            remove: remove.iter().map(|name| name.to_string()).collect(),
+        };
         self.admin()
             .await
-            .reload(ReloadRequest {})
+            .reload(request)
             .await
             .expect("Reload")
             .into_inner()

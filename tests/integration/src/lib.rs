@@ -12,6 +12,7 @@
 
 pub mod echo;
 pub mod gateway;
+pub mod moto;
 pub mod openbao;
 pub mod proxy;
 pub mod requests;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub use echo::HeaderEcho;
 pub use gateway::{ProviderSpec, RunningGateway, TestGateway};
+pub use moto::Moto;
 pub use openbao::OpenBao;
 pub use proxy::DelayProxy;
 

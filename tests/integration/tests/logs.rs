@@ -209,8 +209,14 @@ async fn no_credential_of_an_auth_in_trace_logs() {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     drop(client);
     let logs = daemon.terminate();
-    assert!(logs.contains("credential refreshed"), "no auth activity logged");
-    assert!(logs.contains("refreshing the credential failed"), "no failure logged");
+    assert!(
+        logs.contains("credential refreshed"),
+        "no auth activity logged"
+    );
+    assert!(
+        logs.contains("refreshing the credential failed"),
+        "no failure logged"
+    );
     for (what, secret) in [
         ("given token", given.as_str()),
         ("secret id", secret_id.as_str()),

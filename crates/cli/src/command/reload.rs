@@ -11,21 +11,33 @@ use kmsgate_proto::{admin, client};
 pub struct Args {
     #[arg(long, short)]
     socket: PathBuf,
+    /// Also remove this provider, dropped from the config, at once (no
+    /// restart). What it encrypted stops decrypting: rewrite it first.
+    /// Repeatable.
+    #[arg(long = "remove", value_name = "PROVIDER")]
+    remove: Vec<String>,
 }
 
-pub async fn run(Args { socket }: Args) -> anyhow::Result<()> {
+pub async fn run(Args { socket, remove }: Args) -> anyhow::Result<()> {
     let mut client = client::admin(&socket).await?;
-    let report = client.reload(admin::ReloadRequest {}).await?.into_inner();
+    let report = client
+        .reload(admin::ReloadRequest { remove })
+        .await?
+        .into_inner();
     if !report.error.is_empty() {
         bail!(
             "reload refused, previous versions keep serving: {}",
             report.error
         );
     }
-    if report.swapped.is_empty() {
+    if report.swapped.is_empty() && report.removed.is_empty() {
         println!("nothing changed");
-    } else {
+    }
+    if !report.swapped.is_empty() {
         println!("swapped: {}", report.swapped.join(", "));
+    }
+    if !report.removed.is_empty() {
+        println!("removed: {}", report.removed.join(", "));
     }
     Ok(())
 }

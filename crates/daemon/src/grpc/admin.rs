@@ -27,10 +27,18 @@ impl Admin for AdminService {
         Ok(Response::new(self.reloader.view()))
     }
 
-    async fn reload(&self, _: Request<ReloadRequest>) -> Result<Response<ReloadResponse>, Status> {
-        let report = self.reloader.reload("kmsgate reload").await;
+    async fn reload(
+        &self,
+        request: Request<ReloadRequest>,
+    ) -> Result<Response<ReloadResponse>, Status> {
+        let remove = request.into_inner().remove;
+        let report = self
+            .reloader
+            .reload_removing("kmsgate reload", &remove)
+            .await;
         Ok(Response::new(ReloadResponse {
             error: report.problems(),
+            removed: report.removed,
             swapped: report.swapped,
             refused: report.refused.into_iter().map(|(name, _)| name).collect(),
         }))
