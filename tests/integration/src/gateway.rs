@@ -542,20 +542,25 @@ pub struct DaemonProcess {
 }
 
 impl DaemonProcess {
+    /// Connects once the socket answers; a daemon that never gets there
+    /// fails the test with the end of its log.
     pub async fn v2(&self) -> V2Client {
-        let socket = self.socket.clone();
-        crate::wait_until(
-            "the daemon's socket",
-            std::time::Duration::from_secs(30),
-            || {
-                let socket = socket.clone();
-                async move { client::v2(&socket).await.is_ok() }
-            },
-        )
-        .await;
-        client::v2(&self.socket)
-            .await
-            .expect("connecting to the daemon")
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(client) = client::v2(&self.socket).await {
+                return client;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "timed out after 30s waiting for the daemon's socket; its log ends:\n{}",
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Sends `signal` (`HUP`, `TERM`, ...) to the daemon.

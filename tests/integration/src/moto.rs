@@ -27,6 +27,8 @@ pub struct Moto {
     /// The KMS key's id (a uuid), the target of `alias/kube`.
     pub key_id: String,
     pub key_arn: String,
+    /// A role allowed `kms:*`, for `AssumeRoleWithWebIdentity`.
+    pub role_arn: String,
     child: Option<Child>,
     dir: TempDir,
 }
@@ -61,11 +63,22 @@ if op == "setup":
     kms = client("kms", key["AccessKeyId"], key["SecretAccessKey"])
     meta = kms.create_key(Description="kmsgate test key")["KeyMetadata"]
     kms.create_alias(AliasName="alias/kube", TargetKeyId=meta["KeyId"])
+    # A role a workload assumes with a web identity token, allowed kms:*.
+    role = iam.create_role(RoleName="kmsgate", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/kmsgate.test"},
+                       "Action": "sts:AssumeRoleWithWebIdentity"}],
+    }))["Role"]
+    iam.put_role_policy(RoleName="kmsgate", PolicyName="kms-all", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["kms:*"], "Resource": "*"}],
+    }))
     print(json.dumps({
         "access_key_id": key["AccessKeyId"],
         "secret_access_key": key["SecretAccessKey"],
         "key_id": meta["KeyId"],
         "key_arn": meta["Arn"],
+        "role_arn": role["Arn"],
     }))
 else:
     access_key, secret, key_id = sys.argv[3], sys.argv[4], sys.argv[5]
@@ -85,6 +98,19 @@ impl Moto {
     /// Starts moto, sets up the user, key and alias, and turns signature
     /// checking on.
     pub async fn start() -> Moto {
+        Moto::start_checking(true).await
+    }
+
+    /// Starts moto set up as [`Moto::start`] does, but with signature
+    /// checking still off until [`Moto::enforce_signatures`]. moto answers
+    /// STS `AssumeRoleWithWebIdentity`, which AWS takes unsigned, only
+    /// while checking is off: a test of web identity lets the host get its
+    /// keys first, then turns checking on for every KMS call.
+    pub async fn start_unchecked() -> Moto {
+        Moto::start_checking(false).await
+    }
+
+    async fn start_checking(checked: bool) -> Moto {
         // `free_port` releases the port before moto binds it, so a test
         // running in parallel may take it first: if the server exits at
         // start, try again on another port.
@@ -103,6 +129,7 @@ impl Moto {
                 secret_access_key: String::new(),
                 key_id: String::new(),
                 key_arn: String::new(),
+                role_arn: String::new(),
                 child: Some(child),
                 dir,
             };
@@ -117,7 +144,10 @@ impl Moto {
             moto.secret_access_key = field("secret_access_key");
             moto.key_id = field("key_id");
             moto.key_arn = field("key_arn");
-            moto.enforce_signatures().await;
+            moto.role_arn = field("role_arn");
+            if checked {
+                moto.enforce_signatures().await;
+            }
             return moto;
         }
         panic!("moto_server exited at start five times");
@@ -178,7 +208,7 @@ impl Moto {
     }
 
     /// From now on every request must be signed with a known access key.
-    async fn enforce_signatures(&self) {
+    pub async fn enforce_signatures(&self) {
         let response = reqwest::Client::new()
             .post(format!("{}/moto-api/reset-auth", self.endpoint))
             .header("content-type", "text/plain")

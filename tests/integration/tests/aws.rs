@@ -245,3 +245,56 @@ async fn an_on_demand_rotation_changes_the_key_id_and_old_ciphertexts_still_decr
     assert_eq!(opened.plaintext, b"made after");
     gateway.stop().await.unwrap();
 }
+
+/// `aws-sigv4` with web identity: the host trades a token file for
+/// temporary keys at STS (`AssumeRoleWithWebIdentity`), then signs every
+/// KMS call with them and their session token, which moto checks.
+#[tokio::test]
+async fn web_identity_keys_from_sts_sign_every_call() {
+    let moto = Moto::start_unchecked().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("web-identity-token");
+    // moto does not check the token itself, only that one is sent.
+    write(&token_file, "eyJhbGciOiJub25lIn0.eyJzdWIiOiJrbXNnYXRlIn0.");
+    let mut web_identity = toml::Table::new();
+    web_identity.insert("role_arn".into(), moto.role_arn.clone().into());
+    web_identity.insert("token_file".into(), token_file.display().to_string().into());
+    web_identity.insert("sts_endpoint".into(), moto.endpoint.clone().into());
+    let auth = auth_table(
+        "aws-sigv4",
+        &[
+            ("region", REGION.into()),
+            ("web_identity", toml::Value::Table(web_identity)),
+        ],
+    );
+    let spec = ProviderSpec::new(NAME, "aws_kms")
+        .setting("endpoint", &moto.endpoint)
+        .setting("key", "alias/kube")
+        .allow(&moto.endpoint)
+        .auth("aws", auth);
+    let gateway = start(spec).await;
+    wait_until("keys from STS", Duration::from_secs(10), || async {
+        let info = gateway.provider(NAME).await;
+        info.credentials.first().is_some_and(|c| c.state == "valid")
+    })
+    .await;
+    // From here on moto refuses anything not signed with known keys.
+    moto.enforce_signatures().await;
+    let mut client = gateway.v2().await;
+    let sealed = client
+        .encrypt(encrypt(b"a dek"))
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = client.decrypt(decrypt(&sealed)).await.unwrap().into_inner();
+    assert_eq!(opened.plaintext, b"a dek");
+    let held = gateway.provider(NAME).await.credentials[0].clone();
+    assert_eq!(
+        (held.kind.as_str(), held.logins),
+        ("aws-sigv4", 1),
+        "{held:?}"
+    );
+    // STS's keys last an hour by default; the host refreshes at half.
+    assert!((1..=3600).contains(&held.expires_in_seconds), "{held:?}");
+    gateway.stop().await.unwrap();
+}

@@ -135,9 +135,10 @@ async fn no_plaintext_key_or_token_in_trace_logs() {
     );
 }
 
-/// The credentials of every Vault auth kind the host holds (a given token,
-/// an AppRole secret id, a JWT, and the tokens it logs in for) never reach
-/// the logs, at trace level, through logins, renewals and a refused login.
+/// The credentials of every auth the host holds (a given Vault token, an
+/// AppRole secret id, a JWT, the tokens it logs in for, AWS keys and a
+/// session token) never reach the logs, at trace level, through logins,
+/// renewals, signed requests and a refused login.
 #[tokio::test]
 async fn no_credential_of_an_auth_in_trace_logs() {
     use kmsgate_integration::vault_auth::{JwtSigner, auth_table, file_source};
@@ -159,7 +160,39 @@ async fn no_credential_of_an_auth_in_trace_logs() {
     let role_file = file("role-id", &role_id);
     let secret_file = file("secret-id", &secret_id);
     let jwt_file = file("jwt", &jwt);
-    let vault = |name: &str, auth| ProviderSpec::vault_with_auth(name, &bao.address, "kube", auth);
+    // AWS keys with a session token, signed into every KMS call (moto
+    // with checking off, so made-up keys are taken).
+    let moto = kmsgate_integration::Moto::start_unchecked().await;
+    let aws_secret = "AWS-SECRET-MARKER-wJalrXUtnFEMI-K7MDENG";
+    let session_token = "AWS-SESSION-MARKER-FQoGZXIvYXdzEJr";
+    let aws_auth = auth_table(
+        "aws-sigv4",
+        &[
+            ("region", kmsgate_integration::moto::REGION.into()),
+            (
+                "access_key_id",
+                file_source(&file("aws-key-id", "AKIALOGTEST000000000")),
+            ),
+            (
+                "secret_access_key",
+                file_source(&file("aws-secret", aws_secret)),
+            ),
+            (
+                "session_token",
+                file_source(&file("aws-session", session_token)),
+            ),
+        ],
+    );
+    let aws = ProviderSpec::new("aws", "aws_kms")
+        .setting("endpoint", &moto.endpoint)
+        .setting("key", "alias/kube")
+        .allow(&moto.endpoint)
+        .auth("aws", aws_auth);
+    // Four providers: smaller instances, to fit the daemon's memory budget.
+    let aws = aws.limit("memory_mib", 16);
+    let vault = |name: &str, auth| {
+        ProviderSpec::vault_with_auth(name, &bao.address, "kube", auth).limit("memory_mib", 16)
+    };
     let daemon = TestGateway::new()
         .with_provider(vault(
             "token",
@@ -185,6 +218,7 @@ async fn no_credential_of_an_auth_in_trace_logs() {
                 ],
             ),
         ))
+        .with_provider(aws)
         .primary("approle")
         .status_interval_ms(1_000)
         .spawn_process(LOG_FILTER);
@@ -203,6 +237,15 @@ async fn no_credential_of_an_auth_in_trace_logs() {
         assert!(sealed.key_id.starts_with("approle/"));
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    // The AWS provider signs its status calls; show they went through.
+    let mut admin = kmsgate_proto::client::admin(&daemon.socket).await.unwrap();
+    let view = admin
+        .providers(kmsgate_proto::admin::ProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let aws = view.providers.iter().find(|p| p.name == "aws").unwrap();
+    assert!(aws.healthy, "{aws:?}");
     // A refused login logs its failure.
     std::fs::write(&secret_file, "not-a-secret-id").unwrap();
     bao.revoke_logins("approle").await;
@@ -223,6 +266,8 @@ async fn no_credential_of_an_auth_in_trace_logs() {
         ("JWT", jwt.as_str()),
         ("JWT signature", jwt.rsplit('.').next().unwrap()),
         ("root token", bao.token.as_str()),
+        ("AWS secret key", aws_secret),
+        ("AWS session token", session_token),
     ] {
         assert!(!logs.contains(secret), "the {what} appears in the logs");
         assert!(
