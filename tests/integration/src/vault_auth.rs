@@ -41,7 +41,17 @@ impl OpenBao {
     /// A token with the Transit policy, lasting `ttl` per lease and at most
     /// `max_ttl` (empty: the system's maximum).
     pub async fn create_token(&self, ttl: &str, max_ttl: &str) -> String {
-        let mut body = json!({ "ttl": ttl, "renewable": true, "policies": [TRANSIT_POLICY] });
+        self.create_token_renewable(ttl, max_ttl, true).await
+    }
+
+    /// [`OpenBao::create_token`], renewable or not.
+    pub async fn create_token_renewable(
+        &self,
+        ttl: &str,
+        max_ttl: &str,
+        renewable: bool,
+    ) -> String {
+        let mut body = json!({ "ttl": ttl, "renewable": renewable, "policies": [TRANSIT_POLICY] });
         if !max_ttl.is_empty() {
             body["explicit_max_ttl"] = max_ttl.into();
         }

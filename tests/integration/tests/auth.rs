@@ -188,6 +188,70 @@ async fn a_vault_token_is_renewed_and_a_revoked_one_is_unhealthy_until_its_file_
     gateway.stop().await.unwrap();
 }
 
+/// A token that cannot be renewed serves until it expires, then the
+/// provider is unhealthy, saying so, until the file holds a new token.
+#[tokio::test]
+async fn an_expired_token_is_unhealthy_with_a_clear_detail_until_replaced() {
+    let bao = OpenBao::dev().await;
+    bao.create_transit_policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    write(
+        &token_file,
+        &bao.create_token_renewable("4s", "", false).await,
+    );
+    let auth = auth_table("vault-token", &[("token", file_source(&token_file))]);
+    let gateway = TestGateway::new()
+        .with_provider(ProviderSpec::vault_with_auth(
+            "vault",
+            &bao.address,
+            "kube",
+            auth,
+        ))
+        .status_interval_ms(1_000)
+        .admin_http()
+        .start()
+        .await;
+    let mut client = gateway.v2().await;
+    round_trip(&mut client, b"while it lasts").await.unwrap();
+    wait_until("the token to expire", Duration::from_secs(15), || async {
+        gateway.provider("vault").await.detail.contains("expired")
+    })
+    .await;
+    let info = gateway.provider("vault").await;
+    assert!(!info.healthy);
+    assert!(
+        info.detail.contains("auth vault: the credential expired"),
+        "{}",
+        info.detail
+    );
+    assert_eq!(info.credentials[0].state, "failed");
+
+    // The metrics say the same: no credential, and how it went.
+    let admin = gateway.admin_url.clone().unwrap();
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = r#"provider="vault",auth="vault",kind="vault-token""#;
+    for line in [
+        format!("kmsgate_provider_credential_valid{{{labels}}} 0"),
+        format!("kmsgate_provider_credential_expiry_seconds{{{labels}}} -1"),
+        format!("kmsgate_provider_credential_logins_total{{{labels}}} 1"),
+    ] {
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
+
+    write(&token_file, &bao.create_token("5s", "").await);
+    wait_health(&gateway, "vault", true, Duration::from_secs(10)).await;
+    round_trip(&mut client, b"with the new token")
+        .await
+        .unwrap();
+    gateway.stop().await.unwrap();
+}
+
 /// AppRole, JWT and cert login side by side, each in its own daemon
 /// against one OpenBao, under load for [`soak_time`]: renewals every 2.5 s,
 /// a new login at each 30 s max TTL, and one more when the JWT file is

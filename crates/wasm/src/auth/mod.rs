@@ -406,8 +406,13 @@ impl Auth {
             state.credential.is_some() && state.expires.is_some_and(|at| at <= now)
         };
         if expired {
-            tracing::warn!(provider = %self.provider, auth = %self.name, kind = self.kind, "the credential expired");
-            self.publish(Err(Problem::refused("the credential expired")));
+            let message = if self.can_log_in() {
+                "the credential expired"
+            } else {
+                "the credential expired and cannot be renewed: write a new one to its file"
+            };
+            tracing::warn!(provider = %self.provider, auth = %self.name, kind = self.kind, "{message}");
+            self.publish(Err(Problem::refused(message)));
         }
     }
 }

@@ -296,12 +296,16 @@ impl Vault {
     }
 
     fn obtained(&self, token: Secret, lease: u64, renewable: bool, login: bool) -> Obtained {
-        // A lease of 0 is a token that never expires (a root token).
+        // A lease of 0 is a token that never expires (a root token). A
+        // token renewed or replaced at half its lease; but a given token
+        // that cannot be renewed is only waited out (nothing can replace
+        // it but the operator, whose new file is noticed anyway).
         let (expires, refresh_in) = if lease == 0 {
             (None, None)
         } else {
             let lease = Duration::from_secs(lease);
-            (Some(SystemTime::now() + lease), Some(lease / 2))
+            let refresh = (renewable || self.can_log_in()).then_some(lease / 2);
+            (Some(SystemTime::now() + lease), refresh)
         };
         Obtained {
             credential: Credential::header(HeaderName::from_static("x-vault-token"), token)
