@@ -7,7 +7,7 @@ mod command;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use command::{bench, check, decrypt, encrypt, providers, reload, serve, status};
+use command::{bench, check, conformance, decrypt, encrypt, providers, reload, serve, status};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +42,7 @@ enum Command {
     Providers(providers::Args),
     Bench(bench::Args),
     Reload(reload::Args),
+    Conformance(conformance::Args),
 }
 
 #[tokio::main]
@@ -57,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Providers(args) => providers::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Reload(args) => reload::run(args).await,
+        Command::Conformance(args) => conformance::run(args).await,
     }
 }
 
