@@ -53,12 +53,14 @@ pub enum ProviderError {
     /// not count.
     #[error("CPU budget of {0} ms used up (limits.cpu_ms)")]
     CpuBudgetExceeded(u64),
-    /// The call ran out of wall-clock time: the caller's deadline, or
-    /// `limits.call_timeout_ms` while the guest ran or waited on something
-    /// other than its backend (a timer). (`call_timeout_ms` passing while
-    /// it waited on its backend is [`ProviderError::Unavailable`].)
-    #[error("no answer within {0} ms (limits.call_timeout_ms or the caller's deadline)")]
-    TimedOut(u64),
+    /// The call ran out of wall-clock time, after this many ms: the
+    /// caller's deadline, or `limits.call_timeout_ms` while the guest ran or
+    /// waited on something other than its backend (a timer). The message
+    /// names which. (`call_timeout_ms` passing while it waited on its
+    /// backend is [`ProviderError::Unavailable`]; the CPU budget is
+    /// [`ProviderError::CpuBudgetExceeded`].)
+    #[error("no answer within {0} ms: {1}")]
+    TimedOut(u64, TimeLimit),
     /// Every instance the provider may have is busy and its queue is full,
     /// or no instance came free in time. Nothing ran.
     #[error("provider busy: {0}")]
@@ -70,6 +72,24 @@ pub enum ProviderError {
     /// (an over-long ciphertext, a bad annotation, a wrong key id).
     #[error("provider broke the KMS contract: {0}")]
     Contract(String),
+}
+
+/// Which wall-clock limit a call ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeLimit {
+    /// The caller's own deadline (`grpc-timeout`).
+    Caller,
+    /// The provider's `limits.call_timeout_ms`.
+    CallTimeout,
+}
+
+impl std::fmt::Display for TimeLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeLimit::Caller => "the caller's deadline",
+            TimeLimit::CallTimeout => "limits.call_timeout_ms",
+        })
+    }
 }
 
 impl From<std::convert::Infallible> for ProviderError {
@@ -98,4 +118,19 @@ pub enum KmsError {
         action: Action,
         error: ProviderError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_names_the_limit_it_hit() {
+        let caller = ProviderError::TimedOut(40, TimeLimit::Caller).to_string();
+        let own = ProviderError::TimedOut(5000, TimeLimit::CallTimeout).to_string();
+        let cpu = ProviderError::CpuBudgetExceeded(1000).to_string();
+        assert!(caller.contains("the caller's deadline"), "{caller}");
+        assert!(own.contains("limits.call_timeout_ms"), "{own}");
+        assert!(cpu.contains("limits.cpu_ms"), "{cpu}");
+    }
 }

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use kmsgate_core::error::ProviderError;
+use kmsgate_core::error::{ProviderError, TimeLimit};
 use kmsgate_core::kms::{Batching, Call, DecryptItem, KmsProvider};
 use kmsgate_core::secret::Plaintext;
 
@@ -128,9 +128,10 @@ impl Coalescer {
                 match tokio::time::timeout_at(deadline.into(), answered).await {
                     Ok(answer) => answer.unwrap_or_else(|_| lost()),
                     // Dropping the receiver tells the runner not to send it.
-                    Err(_elapsed) => {
-                        Err(ProviderError::TimedOut(waited.elapsed().as_millis() as u64))
-                    }
+                    Err(_elapsed) => Err(ProviderError::TimedOut(
+                        waited.elapsed().as_millis() as u64,
+                        TimeLimit::Caller,
+                    )),
                 }
             }
         }
@@ -163,7 +164,9 @@ impl Coalescer {
                     } else {
                         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
                         // Its caller's own timer may not have fired yet.
-                        let _ = waiting.answer.send(Err(ProviderError::TimedOut(0)));
+                        let _ = waiting
+                            .answer
+                            .send(Err(ProviderError::TimedOut(0, TimeLimit::Caller)));
                     }
                 }
                 batch

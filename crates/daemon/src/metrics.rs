@@ -326,7 +326,7 @@ impl Metrics {
                 ProviderError::Trapped(_) | ProviderError::MemoryExhausted(_) => {
                     self.traps.get_or_create(&labels).inc();
                 }
-                ProviderError::CpuBudgetExceeded(_) | ProviderError::TimedOut(_) => {
+                ProviderError::CpuBudgetExceeded(_) | ProviderError::TimedOut(..) => {
                     self.deadlines.get_or_create(&labels).inc();
                 }
                 _ => {}

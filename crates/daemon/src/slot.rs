@@ -426,7 +426,7 @@ impl Slot {
     /// marked down at once (without waiting for the next poll), and the
     /// refresher is asked to check again.
     fn settle(&self, admission: crate::breaker::Admission<'_>, error: Option<&ProviderError>) {
-        if let Some(ProviderError::TimedOut(_)) = error {
+        if let Some(ProviderError::TimedOut(..)) = error {
             // Out of time on the caller's deadline: maybe the backend
             // hangs, maybe the caller was impatient. The status refresher
             // finds out now, with the provider's own time limits.

@@ -45,12 +45,14 @@
 //! - [`auth`] — credentials the host obtains, renews and applies to a provider's requests (Vault logins, AWS SigV4).
 //! - [`leak`] — finds a provider's credentials in a response before it sees it.
 //! - [`integrity`] — the component pin (and the place for signatures).
+//! - [`imports`] — a component's imports checked before compiling, and what the host offers.
 
 pub mod allowlist;
 pub mod auth;
 mod bindings;
 mod cache;
 mod host;
+pub mod imports;
 pub mod integrity;
 pub mod leak;
 pub mod meter;

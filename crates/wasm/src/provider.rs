@@ -21,7 +21,7 @@ use crate::meter::{CallMeter, metered};
 use crate::outbound::{OutboundClient, OutboundSettings};
 use crate::quota::{InstanceQuota, Lane, MemoryBudget, Permit};
 use crate::spec::ProviderConfig;
-use kmsgate_core::error::ProviderError;
+use kmsgate_core::error::{ProviderError, TimeLimit};
 use kmsgate_core::kms::{
     BatchResult, Batching, Call, CredentialStatus, DecryptItem, Encrypted, KmsProvider,
     ProviderStatus, Usage,
@@ -342,25 +342,20 @@ impl WasmProvider {
             secrets,
             tls,
         } = prepared;
+        // Before compiling, which takes seconds for a large component.
+        crate::imports::check(&bytes).map_err(fail)?;
         let (component, source) = runtime
             .cache
             .get_or_compile(&runtime.engine, &origin.sha256, bytes)
             .await
             .map_err(fail)?;
         tracing::debug!(provider = %config.name, sha256 = %origin.sha256, ?source, "component ready");
-        let types = component.component_type();
-        let names: Vec<String> = types
-            .imports(&runtime.engine)
-            .map(|(name, _)| name.to_owned())
-            .chain(
-                types
-                    .exports(&runtime.engine)
-                    .map(|(name, _)| name.to_owned()),
-            )
-            .collect();
-        crate::bindings::check_wit_version(names.iter().map(String::as_str)).map_err(fail)?;
-        let not_fitting =
-            |e: wasmtime::Error| fail(format!("does not fit the kmsgate:provider world: {e}"));
+        let not_fitting = |e: wasmtime::Error| {
+            fail(format!(
+                "does not fit the kmsgate:provider world: {e:#}; {}",
+                crate::imports::offered()
+            ))
+        };
         let pre = runtime
             .linker
             .instantiate_pre(&component)
@@ -656,7 +651,12 @@ impl WasmProvider {
                         "the backend did not answer within {ms} ms (limits.call_timeout_ms)"
                     ))
                 } else {
-                    ProviderError::TimedOut(ms as u64)
+                    let limit = if until.callers {
+                        TimeLimit::Caller
+                    } else {
+                        TimeLimit::CallTimeout
+                    };
+                    ProviderError::TimedOut(ms as u64, limit)
                 })
             }
         }

@@ -120,6 +120,12 @@ async fn spinning_provider_hits_its_cpu_budget() {
             "{}",
             status.message()
         );
+        // It names the limit hit.
+        assert!(
+            status.message().contains("limits.cpu_ms"),
+            "{}",
+            status.message()
+        );
     }
     assert_good_provider_still_serves(&mut client).await;
 }
@@ -240,6 +246,11 @@ async fn a_component_of_another_world_is_refused_at_load() {
     let error = start_error(ProviderSpec::new("wrong-world", "fixture_wrong_world")).await;
     assert!(
         error.contains("does not fit the kmsgate:provider world"),
+        "{error}"
+    );
+    // And it says what would fit.
+    assert!(
+        error.contains("this host offers kmsgate:provider@0.1.0 to @0.1.1"),
         "{error}"
     );
 }

@@ -18,7 +18,7 @@ pub fn code(error: &KmsError) -> Code {
             ProviderError::PermissionDenied(_) => Code::PermissionDenied,
             ProviderError::Unavailable(_) => Code::Unavailable,
             ProviderError::InvalidConfig(_) => Code::FailedPrecondition,
-            ProviderError::CpuBudgetExceeded(_) | ProviderError::TimedOut(_) => {
+            ProviderError::CpuBudgetExceeded(_) | ProviderError::TimedOut(..) => {
                 Code::DeadlineExceeded
             }
             ProviderError::MemoryExhausted(_) | ProviderError::Busy(_) => Code::ResourceExhausted,
@@ -44,7 +44,7 @@ pub fn status(error: KmsError) -> Status {
 
 #[cfg(test)]
 mod tests {
-    use kmsgate_core::error::Action;
+    use kmsgate_core::error::{Action, TimeLimit};
 
     use super::*;
 
@@ -83,7 +83,7 @@ mod tests {
             Code::DeadlineExceeded
         );
         assert_eq!(
-            code(&provider(ProviderError::TimedOut(5))),
+            code(&provider(ProviderError::TimedOut(5, TimeLimit::Caller))),
             Code::DeadlineExceeded
         );
         assert_eq!(

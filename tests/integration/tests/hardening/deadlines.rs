@@ -36,6 +36,12 @@ async fn a_frozen_backend_is_answered_before_the_deadline_then_failed_fast() {
     // a short one): it makes the status check run at once, within the
     // provider's own limits.
     assert_error(&status, Code::DeadlineExceeded, "no answer within");
+    // It says which limit: the caller's, not the provider's.
+    assert!(
+        status.message().contains("the caller's deadline"),
+        "{}",
+        status.message()
+    );
     assert!(took < apiserver_timeout, "answered after {took:?}");
 
     // Known down once that check fails (the outbound timeout, 3 s): then
