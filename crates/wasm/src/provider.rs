@@ -40,6 +40,10 @@ pub struct Origin {
     pub fingerprint: String,
 }
 
+/// The guest's last output lines and backtrace frames in a trap's log entry.
+const TRAP_OUTPUT_LINES: usize = 10;
+const TRAP_FRAMES: usize = 16;
+
 /// How often the epoch advances; the granularity of CPU budgets.
 const TICK: Duration = Duration::from_millis(10);
 /// Instances that may be alive at once across all providers (the pool
@@ -288,6 +292,8 @@ pub struct WasmProvider {
     /// quota permit, so there are never more than the quota allows.
     idle: Mutex<Vec<Instance>>,
     origin: Origin,
+    /// Trap diagnostics are logged at most this often.
+    trap_log: kmsgate_core::log_limit::LogLimit,
 }
 
 /// When a call must end, and whether that is its caller's deadline.
@@ -397,6 +403,7 @@ impl WasmProvider {
             calls_per_instance: limits.calls_per_instance,
             idle: Mutex::new(Vec::new()),
             origin,
+            trap_log: kmsgate_core::log_limit::LogLimit::default(),
         };
         match provider.init().await {
             Ok(()) => {}
@@ -612,9 +619,9 @@ impl WasmProvider {
         {
             return ProviderError::Busy(format!("the daemon's instance pool is full: {error}"));
         }
-        match error.downcast_ref::<Trap>() {
+        let trapped = match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
-                ProviderError::CpuBudgetExceeded(self.cpu_budget.as_millis() as u64)
+                return ProviderError::CpuBudgetExceeded(self.cpu_budget.as_millis() as u64);
             }
             Some(trap) => ProviderError::Trapped(trap.to_string()),
             // The message can carry names from the component's own name
@@ -623,7 +630,41 @@ impl WasmProvider {
                 &error.to_string(),
                 kmsgate_core::sanitize::MAX_MESSAGE,
             )),
+        };
+        self.log_trap(store, &error, &trapped);
+        trapped
+    }
+
+    /// The operator's view of a trap: what the guest last wrote to stdout
+    /// and stderr in the call (its panic message or traceback) and the
+    /// Wasm backtrace, with function names where the component has them.
+    /// Neither goes to the caller. At most one entry every few seconds: a
+    /// provider could trap on every call.
+    fn log_trap(&self, store: &Store<HostState>, error: &wasmtime::Error, trapped: &ProviderError) {
+        if !self.trap_log.allow() {
+            return;
         }
+        let output = store
+            .data()
+            .output
+            .last_lines(TRAP_OUTPUT_LINES)
+            .join(" | ");
+        let backtrace = error
+            .downcast_ref::<wasmtime::WasmBacktrace>()
+            .map(|backtrace| {
+                let frames: Vec<String> = backtrace
+                    .frames()
+                    .iter()
+                    .take(TRAP_FRAMES)
+                    .map(|frame| {
+                        let name = frame.func_name().unwrap_or("?");
+                        kmsgate_core::sanitize::clean(name, 200)
+                    })
+                    .collect();
+                frames.join(" <- ")
+            })
+            .unwrap_or_default();
+        tracing::warn!(provider = %self.name, %output, %backtrace, "{trapped}");
     }
 
     /// Runs `work` on the call's clock until `until`. Out of time, it says

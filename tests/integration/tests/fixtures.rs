@@ -75,6 +75,39 @@ async fn trapping_provider_is_contained() {
     assert_good_provider_still_serves(&mut client).await;
 }
 
+/// A trap keeps its message for the operator: the log entry carries what
+/// the guest wrote to stderr (a Rust panic message here; a Python traceback
+/// or JS exception the same way) and the Wasm backtrace with function
+/// names; the caller gets INTERNAL without either.
+#[tokio::test]
+async fn a_trap_is_logged_with_the_guests_last_output_and_backtrace() {
+    let daemon = TestGateway::new()
+        .with_provider(ProviderSpec::hostile("trapping", "fixture_trapping"))
+        .spawn_process("info");
+    let mut client = daemon.v2().await;
+    let status = client.encrypt(encrypt(b"dek")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{}", status.message());
+    assert!(
+        !status.message().contains("always panics"),
+        "{}",
+        status.message()
+    );
+    drop(client);
+    let log = daemon.terminate();
+    let entry = log
+        .lines()
+        .find(|line| line.contains("provider trapped"))
+        .unwrap_or_else(|| panic!("no trap entry in:\n{log}"));
+    assert!(
+        entry.contains("fixture trapping: encrypt always panics"),
+        "{entry}"
+    );
+    assert!(
+        entry.contains("backtrace") && entry.contains("encrypt"),
+        "{entry}"
+    );
+}
+
 #[tokio::test]
 async fn oversized_ciphertext_and_bad_annotation_are_refused_at_the_gateway() {
     let gateway = gateway_with(

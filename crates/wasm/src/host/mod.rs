@@ -7,6 +7,7 @@
 //! - [`logging`] — `wasi:logging/logging`: log lines, cut and cleaned.
 //! - [`outbound_http`] — `kmsgate:provider/outbound-http`: the only network.
 //! - [`limiter`] — the memory cap of one instance, charged to its quota.
+//! - [`output`] — the end of the guest's stdout and stderr, for a trap's log entry.
 //!
 //! WASI itself (clocks, random, and filesystem and sockets denied) is
 //! wasmtime-wasi's, with a context that grants nothing.
@@ -15,6 +16,7 @@ pub mod config_store;
 pub mod limiter;
 pub mod logging;
 pub mod outbound_http;
+pub mod output;
 
 use std::sync::Arc;
 
@@ -55,6 +57,8 @@ pub struct HostState {
     pub limiter: SandboxLimiter,
     /// The current call's clock, read by the CPU budget's epoch callback.
     pub meter: Arc<CallMeter>,
+    /// The end of what the current call wrote to stdout and stderr.
+    pub output: output::OutputTail,
 }
 
 impl HostState {
@@ -64,9 +68,14 @@ impl HostState {
         meter: Arc<CallMeter>,
     ) -> Self {
         // Deny by default: no preopened directories, no environment, no
-        // arguments, no stdio, and sockets off (the default socket check
+        // arguments, no stdin, and sockets off (the default socket check
         // refuses every address; TCP, UDP and name lookup are off too).
+        // stdout and stderr go to a bounded tail, read only for a trap's
+        // log entry.
+        let output = output::OutputTail::default();
         let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -77,6 +86,7 @@ impl HostState {
             shared,
             limiter,
             meter,
+            output,
         }
     }
 
@@ -84,6 +94,7 @@ impl HostState {
     pub fn begin_call(&mut self, meter: Arc<CallMeter>) {
         self.meter = meter;
         self.limiter.hit_memory_cap = false;
+        self.output.clear();
     }
 }
 
