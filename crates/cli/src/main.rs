@@ -7,7 +7,9 @@ mod command;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use command::{bench, check, conformance, decrypt, encrypt, providers, reload, serve, status};
+use command::{
+    bench, check, conformance, decrypt, encrypt, provider, providers, reload, serve, status,
+};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +45,7 @@ enum Command {
     Bench(bench::Args),
     Reload(reload::Args),
     Conformance(conformance::Args),
+    Provider(provider::Args),
 }
 
 #[tokio::main]
@@ -59,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Reload(args) => reload::run(args).await,
         Command::Conformance(args) => conformance::run(args).await,
+        Command::Provider(args) => provider::run(args).await,
     }
 }
 

@@ -384,6 +384,26 @@ async fn check_v2(client: &mut V2Client, options: &Options, report: &mut Report)
             Code::FailedPrecondition,
         ],
     );
+    // A key id shaped like the plugin's own (kmsgate's `provider/key`), so
+    // that it reaches the provider behind the routing.
+    if let Some((prefix, _)) = sealed.key_id.split_once('/') {
+        let key_id = format!("{prefix}/conformance-unknown-key-id");
+        let unknown = client
+            .decrypt(request(
+                decrypt_request(&sealed, sealed.ciphertext.clone(), &key_id),
+                options,
+            ))
+            .await;
+        report.expect_error(
+            "v2 decrypt unknown key id, same prefix",
+            unknown,
+            &[
+                Code::NotFound,
+                Code::InvalidArgument,
+                Code::FailedPrecondition,
+            ],
+        );
+    }
     let long_key_id = "k".repeat(limits::MAX_KEY_ID_BYTES + 1);
     let long = client
         .decrypt(request(

@@ -73,3 +73,90 @@ async fn a_plugin_that_breaks_the_contract_fails_it() {
     );
     gateway.stop().await.unwrap();
 }
+
+/// `kmsgate provider test COMPONENT`: the release binary, as a vendor runs
+/// it. Its stdout (the report) and exit status.
+fn provider_test(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(kmsgate_integration::daemon_binary())
+        .args(["--log", "error", "provider", "test", "--latency-calls", "5"])
+        .args(args)
+        .output()
+        .expect("running kmsgate provider test");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.success(), stdout)
+}
+
+fn component(name: &str) -> String {
+    kmsgate_integration::component(name).display().to_string()
+}
+
+#[tokio::test]
+async fn provider_test_certifies_the_providers_and_refuses_a_broken_one() {
+    let key = format!("key={}", kmsgate_integration::gateway::local_aes_key(3));
+    let (ok, report) = provider_test(&[
+        &component("local_aes"),
+        "--setting",
+        "key-id=k1",
+        "--setting",
+        &key,
+        "--v1beta1",
+    ]);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("PASS  start: loaded, canary passed"),
+        "{report}"
+    );
+    assert!(report.contains(" 0 failed"), "{report}");
+
+    let bao = OpenBao::dev().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, &bao.token).unwrap();
+    let (ok, report) = provider_test(&[
+        &component("vault_transit"),
+        "--setting",
+        &format!("address={}", bao.address),
+        "--setting",
+        "key=kube",
+        "--secret",
+        &format!("token={}", token.display()),
+        "--allow",
+        &bao.address,
+    ]);
+    assert!(ok, "{report}");
+
+    // The same settings from a config file's provider.
+    let config = TestGateway::new().with_provider(ProviderSpec::local_aes("local", "k9", 4));
+    let path = dir.path().join("kmsgate.toml");
+    config.write_config_to(&path);
+    let (ok, report) = provider_test(&[
+        &component("local_aes"),
+        "--config",
+        &path.display().to_string(),
+        "--provider",
+        "local",
+    ]);
+    // Without the config's settings (its key) it could not start.
+    assert!(ok, "{report}");
+
+    // Refused where a swap would be: at the canary.
+    let (ok, report) = provider_test(&[&component("fixture_trapping")]);
+    assert!(!ok);
+    assert!(
+        report.contains("FAIL  start") && report.contains("canary"),
+        "{report}"
+    );
+    // One that passes the canary and traps on everything else fails the
+    // contract, with the code a caller would see.
+    let (ok, report) = provider_test(&[
+        &component("fixture_trapping"),
+        "--setting",
+        "evade-canary=true",
+    ]);
+    assert!(!ok);
+    assert!(report.contains("PASS  start"), "{report}");
+    assert!(
+        report.contains("FAIL  v2 round trip 1 bytes [Internal]"),
+        "{report}"
+    );
+}

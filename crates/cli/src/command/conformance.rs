@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use kmsgate_conformance::{Options, Outcome};
+use kmsgate_conformance::{Check, Options, Outcome};
 
 /// Check a running KMS plugin (kmsgate or another vendor's) against the
 /// Kubernetes KMS v2 contract, dialling its Unix socket as kube-apiserver
@@ -41,17 +41,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for check in &report.checks {
-            let outcome = match check.outcome {
-                Outcome::Pass => "PASS",
-                Outcome::Fail => "FAIL",
-                Outcome::Info => "INFO",
-            };
-            let code = check
-                .code
-                .as_deref()
-                .map(|code| format!(" [{code}]"))
-                .unwrap_or_default();
-            println!("{outcome}  {}{code}: {}", check.name, check.detail);
+            println!("{}", line(check));
         }
         println!("{} passed, {} failed", report.passed(), report.failed());
     }
@@ -59,4 +49,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("{} of the checks failed", report.failed());
     }
     Ok(())
+}
+
+/// One check as a report line: `PASS  name [Code]: detail`.
+pub fn line(check: &Check) -> String {
+    let outcome = match check.outcome {
+        Outcome::Pass => "PASS",
+        Outcome::Fail => "FAIL",
+        Outcome::Info => "INFO",
+    };
+    let code = check
+        .code
+        .as_deref()
+        .map(|code| format!(" [{code}]"))
+        .unwrap_or_default();
+    format!("{outcome}  {}{code}: {}", check.name, check.detail)
 }

@@ -9,6 +9,7 @@ pub mod check;
 pub mod conformance;
 pub mod decrypt;
 pub mod encrypt;
+pub mod provider;
 pub mod providers;
 pub mod reload;
 pub mod serve;
