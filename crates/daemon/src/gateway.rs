@@ -339,6 +339,7 @@ mod tests {
                 component: "fake.wasm".into(),
                 sha256: String::new(),
                 fingerprint: String::new(),
+                identity: None,
             },
             1,
         );

@@ -41,6 +41,9 @@ struct ProviderLabels {
 struct ProviderInfoLabels {
     provider: String,
     sha256: String,
+    /// The name and version the component claims; empty if it does not.
+    component_name: String,
+    component_version: String,
     /// First 16 hex digits of the SHA-256 of the namespaced key id.
     key_id_hash: String,
 }
@@ -418,11 +421,14 @@ impl Metrics {
                 .key_id
                 .map(|id| key_id_hash(&provider, &id))
                 .unwrap_or_default();
-            let sha256 = slot.serving().origin.sha256;
+            let origin = slot.serving().origin;
+            let identity = origin.identity.clone().unwrap_or_default();
             self.provider_info
                 .get_or_create(&ProviderInfoLabels {
                     provider,
-                    sha256,
+                    sha256: origin.sha256,
+                    component_name: identity.name,
+                    component_version: identity.version,
                     key_id_hash,
                 })
                 .set(1);

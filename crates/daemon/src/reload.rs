@@ -116,6 +116,7 @@ impl Reloader {
                 let serving = slot.serving();
                 let health = slot.health();
                 let usage = serving.provider.usage();
+                let identity = serving.origin.identity.as_ref();
                 ProviderInfo {
                     name: slot.name().to_string(),
                     primary: slot.name() == primary.name(),
@@ -148,6 +149,9 @@ impl Reloader {
                     instances: usage.instances,
                     queued_calls: usage.queued,
                     sandbox_memory_bytes: usage.memory_bytes,
+                    component_name: identity.map(|i| i.name.clone()).unwrap_or_default(),
+                    component_version: identity.map(|i| i.version.clone()).unwrap_or_default(),
+                    component_sdk: identity.map(|i| i.sdk.clone()).unwrap_or_default(),
                     credentials: serving
                         .provider
                         .credentials()

@@ -387,6 +387,7 @@ pub async fn run_native(
             component: "native".into(),
             sha256: String::new(),
             fingerprint: String::new(),
+            identity: None,
         },
         1,
     );

@@ -51,6 +51,7 @@ impl Serving {
             component,
             sha256: String::new(),
             fingerprint: String::new(),
+            identity: None,
         };
         Serving::new(Arc::new(NotLoaded { reason }), origin, 0)
     }
@@ -565,6 +566,7 @@ mod tests {
             component: format!("{}.wasm", provider.key_id).into(),
             sha256: String::new(),
             fingerprint: provider.key_id.into(),
+            identity: None,
         };
         Serving::new(provider, origin, 1)
     }

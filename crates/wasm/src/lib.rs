@@ -46,12 +46,14 @@
 //! - [`leak`] — finds a provider's credentials in a response before it sees it.
 //! - [`integrity`] — the component pin (and the place for signatures).
 //! - [`imports`] — a component's imports checked before compiling, and what the host offers.
+//! - [`identity`] — the name and version a component claims (a custom section the SDK writes).
 
 pub mod allowlist;
 pub mod auth;
 mod bindings;
 mod cache;
 mod host;
+pub mod identity;
 pub mod imports;
 pub mod integrity;
 pub mod leak;

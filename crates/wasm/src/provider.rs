@@ -38,6 +38,8 @@ pub struct Origin {
     pub sha256: String,
     /// Changes whenever the component, settings, secrets or limits change.
     pub fingerprint: String,
+    /// The name and version the component claims, if it says.
+    pub identity: Option<crate::identity::Identity>,
 }
 
 /// The guest's last output lines and backtrace frames in a trap's log entry.
@@ -227,6 +229,7 @@ impl Prepared {
             component: config.component.clone(),
             sha256,
             fingerprint,
+            identity: crate::identity::Identity::read(&bytes),
         };
         Ok(Prepared {
             bytes,

@@ -8,6 +8,10 @@
 //! `kmsgate:provider@0.1.1`); this crate is the only Rust code that names
 //! it, so providers never see `wit-bindgen`.
 //!
+//! `export!` also writes the component's identity (a custom section
+//! `kmsgate:provider-identity` with the provider crate's name and version
+//! and this SDK's), which `kmsgate providers` shows.
+//!
 //! # A minimal provider
 //!
 //! ```
@@ -174,6 +178,33 @@ macro_rules! __export_provider {
                     const { $crate::__private::Instance::new() };
             }
 
+            // The component's identity, read by the host without running
+            // it (`kmsgate providers`, `kmsgate_provider_info`): the
+            // provider crate's name and version, and this SDK's.
+            const IDENTITY: &str = ::core::concat!(
+                "name=",
+                ::core::env!("CARGO_PKG_NAME"),
+                "\nversion=",
+                ::core::env!("CARGO_PKG_VERSION"),
+                "\n",
+            );
+            const IDENTITY_LEN: usize = IDENTITY.len() + $crate::__private::SDK.len();
+            const fn identity() -> [u8; IDENTITY_LEN] {
+                let head: [u8; IDENTITY.len()] = $crate::__private::bytes(IDENTITY);
+                let tail: [u8; $crate::__private::SDK.len()] =
+                    $crate::__private::bytes($crate::__private::SDK);
+                let mut out = [0u8; IDENTITY_LEN];
+                let mut i = 0;
+                while i < IDENTITY_LEN {
+                    out[i] = if i < head.len() { head[i] } else { tail[i - head.len()] };
+                    i += 1;
+                }
+                out
+            }
+            #[unsafe(link_section = "kmsgate:provider-identity")]
+            #[used]
+            static IDENTITY_SECTION: [u8; IDENTITY_LEN] = identity();
+
             struct Kms;
 
             impl $crate::wit::exports::kmsgate::provider::kms::Guest for Kms {
@@ -242,4 +273,23 @@ macro_rules! __export_batch {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::instance::Instance;
+
+    /// The SDK line of a component's identity section.
+    pub const SDK: &str = concat!(
+        "sdk=kmsgate-provider ",
+        env!("CARGO_PKG_VERSION"),
+        "\nwit=kmsgate:provider@0.1.1\n"
+    );
+
+    /// `text` as a byte array, for a custom section's `static`.
+    pub const fn bytes<const N: usize>(text: &str) -> [u8; N] {
+        let source = text.as_bytes();
+        let mut out = [0u8; N];
+        let mut i = 0;
+        while i < N {
+            out[i] = source[i];
+            i += 1;
+        }
+        out
+    }
 }

@@ -322,6 +322,59 @@ async fn a_component_built_against_wit_0_1_0_loads_and_works_unchanged() {
     gateway.stop().await.unwrap();
 }
 
+/// A component says what it is (the SDK writes its crate's name and
+/// version): `kmsgate providers` and the metrics show it; one that does not
+/// say (built without the SDK) shows nothing.
+#[tokio::test]
+async fn the_components_claimed_name_and_version_are_shown() {
+    let gateway = TestGateway::new()
+        .with_provider(ProviderSpec::local_aes("good", "k1", 1))
+        .with_provider(ProviderSpec::new("old", "fixture_wit_0_1_0"))
+        .primary("good")
+        .admin_http()
+        .start()
+        .await;
+    let good = gateway.provider("good").await;
+    assert_eq!(
+        (
+            good.component_name.as_str(),
+            good.component_version.as_str()
+        ),
+        ("local-aes", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(
+        good.component_sdk.starts_with("kmsgate-provider "),
+        "{good:?}"
+    );
+    let old = gateway.provider("old").await;
+    assert_eq!(
+        (old.component_name.as_str(), old.component_sdk.as_str()),
+        ("", "")
+    );
+    let admin = gateway.admin_url.clone().unwrap();
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("kmsgate_provider_info{")
+                && line.contains(r#"component_name="local-aes""#)),
+        "{metrics}"
+    );
+    let view = reqwest::get(format!("{admin}/providers"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(view.contains(r#""component_name":"local-aes""#), "{view}");
+    gateway.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_component_built_for_a_newer_wit_is_refused_naming_both_versions() {
     let error = start_error(ProviderSpec::new("future", "fixture_wit_from_future")).await;
