@@ -61,6 +61,17 @@ impl CallMeter {
         Duration::from_nanos(self.spent.load(Ordering::Relaxed) + current)
     }
 
+    /// Starts the budget afresh, the poll in progress included: what ran
+    /// before (creating the call's instance, which for a large component
+    /// is most of a first call and is bounded by the budget on its own)
+    /// is not charged to the call.
+    pub fn restart(&self) {
+        self.spent.store(0, Ordering::Relaxed);
+        if self.polling_since.load(Ordering::Relaxed) != 0 {
+            self.polling_since.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
     /// Marks the call as having its instance: from now on it runs.
     pub fn started(&self) {
         self.started.store(true, Ordering::Relaxed);
@@ -146,6 +157,22 @@ mod tests {
         assert!(meter.awaiting_backend());
         meter.outbound(async {}).await;
         assert!(meter.awaiting_backend(), "the cut-off request still counts");
+    }
+
+    #[tokio::test]
+    async fn a_restart_forgets_what_ran_before() {
+        let meter = CallMeter::default();
+        metered(&meter, async {
+            std::thread::sleep(Duration::from_millis(30));
+            meter.restart();
+            std::thread::sleep(Duration::from_millis(5));
+        })
+        .await;
+        let running = meter.running();
+        assert!(
+            running >= Duration::from_millis(5) && running < Duration::from_millis(25),
+            "{running:?}"
+        );
     }
 
     #[tokio::test]

@@ -495,7 +495,15 @@ impl WasmProvider {
         };
         let mut instance = match self.idle_or_permit(lane, until).await? {
             Ready::Idle(instance) => instance,
-            Ready::Permit(permit) => self.instantiate(permit, meter).await?,
+            Ready::Permit(permit) => {
+                let instance = self.instantiate(permit, meter).await?;
+                // Creating the instance (bounded by the budget on its own;
+                // for a large component most of a first call) is not the
+                // call's work: its budget starts now. The wall-clock limit
+                // still covers both.
+                meter.restart();
+                instance
+            }
         };
         meter.started();
         instance.store.data_mut().begin_call(meter.clone());
