@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use command::{
-    bench, check, conformance, decrypt, encrypt, provider, providers, reload, serve, status,
+    bench, check, compile, conformance, decrypt, encrypt, provider, providers, reload, serve,
+    status,
 };
 
 #[derive(Parser)]
@@ -46,6 +47,7 @@ enum Command {
     Reload(reload::Args),
     Conformance(conformance::Args),
     Provider(provider::Args),
+    Compile(compile::Args),
 }
 
 #[tokio::main]
@@ -63,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Reload(args) => reload::run(args).await,
         Command::Conformance(args) => conformance::run(args).await,
         Command::Provider(args) => provider::run(args).await,
+        Command::Compile(args) => compile::run(args).await,
     }
 }
 

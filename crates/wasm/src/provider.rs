@@ -142,6 +142,20 @@ impl Runtime {
         quota.clone()
     }
 
+    /// Checks a component's imports and compiles it into the compile cache
+    /// (memory, and the disk directory if the runtime has one), as a load
+    /// would, without running it: `kmsgate compile`, so that a swap finds
+    /// it compiled. Returns its digest and whether it was compiled now.
+    pub async fn compile(&self, bytes: Vec<u8>) -> Result<(String, bool), String> {
+        crate::imports::check(&bytes)?;
+        let sha256 = crate::integrity::sha256_hex(&bytes);
+        let (_, source) = self
+            .cache
+            .get_or_compile(&self.engine, &sha256, bytes)
+            .await?;
+        Ok((sha256, matches!(source, crate::cache::Source::Compiled)))
+    }
+
     /// Guest memory of every live instance, in bytes.
     pub fn memory_used(&self) -> usize {
         self.budget.used()

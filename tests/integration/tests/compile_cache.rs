@@ -164,3 +164,48 @@ async fn trust_is_checked_again_at_every_use() {
     );
     running.stop().await.unwrap();
 }
+
+/// `kmsgate compile` fills the cache a start then loads from, untouched;
+/// a component with an import the host never links is refused before
+/// anything is compiled.
+#[tokio::test]
+async fn kmsgate_compile_fills_the_cache_ahead_of_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let compile = |component: &Path| {
+        std::process::Command::new(kmsgate_integration::daemon_binary())
+            .args(["--log", "error", "compile", "--cache-dir"])
+            .arg(&cache)
+            .arg(component)
+            .output()
+            .expect("running kmsgate compile")
+    };
+    let output = compile(&kmsgate_integration::component("local_aes"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.starts_with("compiled"),
+        "{stdout}"
+    );
+    let files = compiled_files(&cache);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let before = std::fs::metadata(&files[0]).unwrap();
+
+    serve_once(&cache).await;
+    let after = std::fs::metadata(&files[0]).unwrap();
+    assert_eq!(
+        (after.ino(), after.mtime_nsec()),
+        (before.ino(), before.mtime_nsec()),
+        "the start compiled again instead of loading what kmsgate compile wrote"
+    );
+    // Again: already there.
+    let output = compile(&kmsgate_integration::component("local_aes"));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("cached"));
+    // A component for a WIT version the host lacks: refused, nothing new.
+    let output = compile(&kmsgate_integration::component("fixture_wit_from_future"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success() && stdout.contains("kmsgate:provider@0.9.0"),
+        "{stdout}"
+    );
+    assert_eq!(compiled_files(&cache).len(), 1);
+}

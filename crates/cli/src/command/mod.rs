@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod bench;
 pub mod check;
+pub mod compile;
 pub mod conformance;
 pub mod decrypt;
 pub mod encrypt;
