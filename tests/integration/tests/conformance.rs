@@ -125,21 +125,27 @@ async fn provider_test_certifies_the_providers_and_refuses_a_broken_one() {
     ]);
     assert!(ok, "{report}");
 
-    // The Python example provider (componentize-py), certified the same way.
-    let (ok, report) = provider_test(&[
-        &component("vault_transit_py"),
-        "--setting",
-        &format!("address={}", bao.address),
-        "--setting",
-        "key=kube",
-        "--secret",
-        &format!("token={}", token.display()),
-        "--allow",
-        &bao.address,
-        "--v1beta1",
-    ]);
-    assert!(ok, "{report}");
-    assert!(report.contains("PASS  v2 decrypt tampered ciphertext [InvalidArgument]"), "{report}");
+    // The Python (componentize-py) and JavaScript (componentize-js)
+    // example providers, certified the same way.
+    for example in ["vault_transit_py", "vault_transit_js"] {
+        let (ok, report) = provider_test(&[
+            &component(example),
+            "--setting",
+            &format!("address={}", bao.address),
+            "--setting",
+            "key=kube",
+            "--secret",
+            &format!("token={}", token.display()),
+            "--allow",
+            &bao.address,
+            "--v1beta1",
+        ]);
+        assert!(ok, "{example}: {report}");
+        assert!(
+            report.contains("PASS  v2 decrypt tampered ciphertext [InvalidArgument]"),
+            "{example}: {report}"
+        );
+    }
 
     // The same settings from a config file's provider.
     let config = TestGateway::new().with_provider(ProviderSpec::local_aes("local", "k9", 4));
