@@ -120,6 +120,8 @@ impl CompileCache {
             if let Some(file) = &file {
                 write_compiled(&component, file, &source_digest);
             }
+            drop(bytes);
+            release_freed_memory();
             Ok((component, Source::Compiled))
         })
         .await
@@ -265,6 +267,21 @@ fn read_compiled(engine: &Engine, file: &Path, source: &[u8; 32]) -> Option<Comp
     match loaded {
         Ok(component) => Some(component),
         Err(error) => refuse(error.to_string()),
+    }
+}
+
+/// Hands the heap that compiling freed back to the system. Compiling a
+/// large component (18 MB of componentize-py output) takes a few hundred
+/// MB of transient heap, which glibc's allocator otherwise keeps: measured,
+/// a daemon with one Python provider sat at 350 MB RSS idle after a cold
+/// compile, 55 MB after loading the same code from the disk cache.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free pages of the allocator's
+    // arenas to the kernel; it takes no pointers and is thread-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
