@@ -143,17 +143,7 @@ impl Aws {
             .await
             .map_err(|e| Problem::unreachable(format!("STS: {}", describe(&e))))?;
         let status = response.status().as_u16();
-        let mut answer = Zeroizing::new(Vec::new());
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| Problem::unreachable(format!("STS: {}", describe(&e))))?
-        {
-            if answer.len() + chunk.len() > MAX_ANSWER {
-                return Err(Problem::unreachable("STS: answer too large"));
-            }
-            answer.extend_from_slice(&chunk);
-        }
+        let answer = super::vault::read_answer(&mut response, MAX_ANSWER, "STS").await?;
         let text = String::from_utf8_lossy(&answer);
         if !(200..300).contains(&status) {
             // STS errors carry a code and a message, never the token.

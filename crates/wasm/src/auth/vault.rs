@@ -353,19 +353,7 @@ impl Vault {
             .await
             .map_err(|e| Problem::unreachable(format!("{path}: {}", describe(&e))))?;
         let status = response.status().as_u16();
-        let mut answer = Zeroizing::new(Vec::new());
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| Problem::unreachable(format!("{path}: {}", describe(&e))))?
-        {
-            if answer.len() + chunk.len() > MAX_ANSWER {
-                return Err(Problem::unreachable(format!(
-                    "{path}: answer larger than {MAX_ANSWER} bytes"
-                )));
-            }
-            answer.extend_from_slice(&chunk);
-        }
+        let answer = read_answer(&mut response, MAX_ANSWER, path).await?;
         if !(200..300).contains(&status) {
             let errors = serde_json::from_slice::<Answer>(&answer)
                 .map(|a| a.errors.join("; "))
@@ -385,6 +373,30 @@ impl Vault {
         serde_json::from_slice(&answer)
             .map_err(|e| Problem::unreachable(format!("{path}: unexpected answer: {e}")))
     }
+}
+
+/// The body of an answer to the host's own request (a login, a renewal,
+/// STS), at most `max` bytes, wiped when dropped: it may hold a token.
+/// `what` names the request in problems.
+pub(super) async fn read_answer(
+    response: &mut reqwest::Response,
+    max: usize,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, Problem> {
+    let mut answer = Zeroizing::new(Vec::new());
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Problem::unreachable(format!("{what}: {}", describe(&e))))?
+    {
+        if answer.len() + chunk.len() > max {
+            return Err(Problem::unreachable(format!(
+                "{what}: answer larger than {max} bytes"
+            )));
+        }
+        answer.extend_from_slice(&chunk);
+    }
+    Ok(answer)
 }
 
 /// reqwest's error with its causes (refused, TLS), never a URL's query or a
