@@ -16,6 +16,17 @@ pub mod reload;
 pub mod serve;
 pub mod status;
 
+/// Prints `text` and a newline to stdout. A reader that stopped reading
+/// (`kmsgate providers | grep -q ...`) is not an error: `println!` would
+/// panic on the broken pipe.
+pub fn print_line(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 /// Which KMS API a client command speaks.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Api {

@@ -20,6 +20,6 @@ pub async fn run(Args { socket }: Args) -> anyhow::Result<()> {
         .providers(admin::ProvidersRequest {})
         .await?
         .into_inner();
-    println!("{}", serde_json::to_string_pretty(&view)?);
+    super::print_line(&serde_json::to_string_pretty(&view)?)?;
     Ok(())
 }

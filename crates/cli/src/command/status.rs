@@ -22,12 +22,12 @@ pub async fn run(Args { socket, api }: Args) -> anyhow::Result<()> {
         Api::V2 => {
             let mut client = client::v2(&socket).await?;
             let status = client.status(v2::StatusRequest {}).await?.into_inner();
-            println!(
-                "{}",
-                serde_json::json!({
+            super::print_line(
+                &serde_json::json!({
                     "version": status.version, "healthz": status.healthz, "key_id": status.key_id,
                 })
-            );
+                .to_string(),
+            )?;
             if status.healthz != "ok" {
                 bail!("unhealthy: {}", status.healthz);
             }
@@ -40,13 +40,13 @@ pub async fn run(Args { socket, api }: Args) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!(
-                "{}",
-                serde_json::json!({
+            super::print_line(
+                &serde_json::json!({
                     "version": version.version, "runtime_name": version.runtime_name,
                     "runtime_version": version.runtime_version,
                 })
-            );
+                .to_string(),
+            )?;
         }
     }
     Ok(())
