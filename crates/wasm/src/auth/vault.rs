@@ -440,3 +440,46 @@ struct AuthData {
     #[serde(default)]
     renewable: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers one request with a `len`-byte body.
+    async fn answering(len: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let _ = socket.write_all(&vec![b' '; len]).await;
+        });
+        format!("http://{address}/")
+    }
+
+    /// A login endpoint cannot make the host buffer without end.
+    #[tokio::test]
+    async fn an_answer_over_the_cap_is_refused_unread() {
+        let client = reqwest::Client::new();
+        for (len, fits) in [(1000, true), (MAX_ANSWER + 1, false)] {
+            let url = answering(len).await;
+            let mut response = client.get(url).send().await.unwrap();
+            let read = read_answer(&mut response, MAX_ANSWER, "auth/approle/login").await;
+            match read {
+                Ok(body) => assert!(fits && body.len() == len, "{len}"),
+                Err(problem) => {
+                    assert!(!fits, "{len}: {problem:?}");
+                    assert!(
+                        problem.message.contains("answer larger than"),
+                        "{problem:?}"
+                    );
+                    assert!(!problem.refused);
+                }
+            }
+        }
+    }
+}
