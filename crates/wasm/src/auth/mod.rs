@@ -248,6 +248,10 @@ impl Auth {
     /// The credential to apply now, waiting for the first attempt if it
     /// is still running.
     pub async fn credential(&self) -> Result<Arc<Credential>, Problem> {
+        // The common case, on every request: a credential is held.
+        if let Some(credential) = self.state.borrow().credential.clone() {
+            return Ok(credential);
+        }
         let mut receiver = self.state.subscribe();
         let waited =
             tokio::time::timeout(self.first_wait, receiver.wait_for(|state| state.settled)).await;
