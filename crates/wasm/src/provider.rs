@@ -19,7 +19,7 @@ use crate::cache::CompileCache;
 use crate::host::{HostState, ProviderShared, SandboxLimiter};
 use crate::meter::{CallMeter, metered};
 use crate::outbound::{OutboundClient, OutboundSettings};
-use crate::quota::{InstanceQuota, Lane, MemoryBudget, Permit};
+use crate::quota::{Acquired, InstanceQuota, Lane, MemoryBudget, Permit, Sizes};
 use crate::spec::ProviderConfig;
 use kmsgate_core::error::{ProviderError, TimeLimit};
 use kmsgate_core::kms::{
@@ -130,14 +130,17 @@ impl Runtime {
     /// the quota, so the old and new versions share it; new sizes start a
     /// new one (the old version's calls finish under the old one).
     fn quota(&self, name: &str, limits: &crate::spec::LimitsConfig) -> Arc<InstanceQuota> {
-        let concurrent = limits.max_concurrent_calls as usize;
-        let queued = limits.max_queued_calls as usize;
+        let sizes = Sizes {
+            max_concurrent: limits.max_concurrent_calls as usize,
+            max_queued: limits.max_queued_calls as usize,
+            pool_bytes: (limits.instances_memory_mib << 20) as usize,
+        };
         let mut quotas = self.quotas.lock().expect("quotas lock poisoned");
-        let quota = quotas.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(InstanceQuota::new(concurrent, queued, self.budget.clone()))
-        });
-        if !quota.has_sizes(concurrent, queued) {
-            *quota = Arc::new(InstanceQuota::new(concurrent, queued, self.budget.clone()));
+        let quota = quotas
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(InstanceQuota::new(sizes, self.budget.clone())));
+        if !quota.has_sizes(sizes) {
+            *quota = Arc::new(InstanceQuota::new(sizes, self.budget.clone()));
         }
         quota.clone()
     }
@@ -320,12 +323,6 @@ struct Until {
     callers: bool,
 }
 
-/// What a call gets to run on.
-enum Ready {
-    Idle(Instance),
-    Permit(Permit),
-}
-
 /// A live instance in its own store.
 struct Instance {
     store: Store<HostState>,
@@ -461,9 +458,12 @@ impl WasmProvider {
     async fn init(&self) -> Result<(), ProviderError> {
         let (until, meter) = self.begin(Call::CONTROL);
         self.bounded(until, &meter, async {
-            let permit = match self.quota.try_acquire(Lane::Control) {
-                Some(permit) => permit,
-                None => self.quota.enqueue(Lane::Control)?.wait(until.at).await?,
+            let Acquired::Permit(permit) = self
+                .quota
+                .acquire(Lane::Control, until.at, || None::<Instance>)
+                .await?
+            else {
+                unreachable!("no idle instance is offered");
             };
             let Instance { mut store, kms, .. } = self.instantiate(permit, &meter).await?;
             let result = kms.call_init(&mut store).await;
@@ -507,9 +507,10 @@ impl WasmProvider {
         } else {
             Lane::Call
         };
-        let mut instance = match self.idle_or_permit(lane, until).await? {
-            Ready::Idle(instance) => instance,
-            Ready::Permit(permit) => {
+        let take_idle = || self.idle.lock().expect("idle instances lock").pop();
+        let mut instance = match self.quota.acquire(lane, until, take_idle).await? {
+            Acquired::Idle(instance) => instance,
+            Acquired::Permit(permit) => {
                 let instance = self.instantiate(permit, meter).await?;
                 // Creating the instance (bounded by the budget on its own;
                 // for a large component most of a first call) is not the
@@ -526,28 +527,9 @@ impl WasmProvider {
         Ok(instance)
     }
 
-    /// An idle instance, or a permit for a new one, waiting in the queue
-    /// if need be. Queueing and parking an instance ([`Self::check_in`])
-    /// both happen under the idle lock, so a call never waits for a permit
-    /// while an instance it could use sits idle.
-    async fn idle_or_permit(&self, lane: Lane, until: Instant) -> Result<Ready, ProviderError> {
-        let queued = {
-            let mut idle = self.idle.lock().expect("idle instances lock");
-            if let Some(instance) = idle.pop() {
-                return Ok(Ready::Idle(instance));
-            }
-            if let Some(permit) = self.quota.try_acquire(lane) {
-                return Ok(Ready::Permit(permit));
-            }
-            self.quota.enqueue(lane)?
-        };
-        Ok(Ready::Permit(queued.wait(until).await?))
-    }
-
-    /// Keeps an instance whose call returned, if it may serve another.
-    /// Instances of the host's own lane are never kept (their permits are
-    /// few), nor are any while calls queue for a permit: dropping the
-    /// instance hands its permit to the next in line.
+    /// Keeps an instance whose call returned, if it may serve another, and
+    /// wakes the calls waiting for one. Instances of the host's own lane
+    /// are never kept (their permits are few).
     fn check_in(&self, instance: Instance) {
         let grown = instance
             .store
@@ -561,17 +543,18 @@ impl WasmProvider {
         {
             return;
         }
-        let mut idle = self.idle.lock().expect("idle instances lock");
-        if self.quota.queued() == 0 {
-            idle.push(instance);
-        }
+        self.idle
+            .lock()
+            .expect("idle instances lock")
+            .push(instance);
+        self.quota.parked();
     }
 
     /// A fresh store, limited and with its CPU budget armed, and an instance
     /// in it.
     async fn instantiate(
         &self,
-        permit: Permit,
+        mut permit: Permit,
         meter: &Arc<CallMeter>,
     ) -> Result<Instance, ProviderError> {
         let limiter = SandboxLimiter::new(self.memory_cap, self.quota.clone());
@@ -601,8 +584,10 @@ impl WasmProvider {
             Some(indices) => Some(indices.load(&mut store, &instance).map_err(not_fitting)?),
             None => None,
         };
+        let memory_at_start = store.data().limiter.memory_used();
+        permit.instantiated(memory_at_start);
         Ok(Instance {
-            memory_at_start: store.data().limiter.memory_used(),
+            memory_at_start,
             store,
             kms,
             kms_batch,

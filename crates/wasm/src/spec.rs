@@ -552,6 +552,14 @@ pub struct LimitsConfig {
     /// host keeps 2 more for its own status refresh and canary. Default 16.
     #[serde(default = "default_max_concurrent_calls")]
     pub max_concurrent_calls: u64,
+    /// Guest memory all of this provider's instances for callers may hold
+    /// together, busy or idle, in MiB: a new instance is made only while it
+    /// fits (one always may run), so a provider of large instances (a
+    /// Python or JavaScript interpreter, 9-13 MiB each) runs fewer of them
+    /// and calls wait for one to come free, as when `max_concurrent_calls`
+    /// are busy. Default 64.
+    #[serde(default = "default_instances_memory_mib")]
+    pub instances_memory_mib: u64,
     /// Calls that may wait for a free instance when all are busy; a call
     /// beyond that, or one still waiting at its deadline, fails with
     /// RESOURCE_EXHAUSTED without running. Default 64.
@@ -587,6 +595,10 @@ fn default_max_concurrent_calls() -> u64 {
     16
 }
 
+fn default_instances_memory_mib() -> u64 {
+    64
+}
+
 fn default_max_queued_calls() -> u64 {
     64
 }
@@ -612,6 +624,7 @@ impl Default for LimitsConfig {
             call_timeout_ms: default_call_timeout_ms(),
             calls_per_instance: default_calls_per_instance(),
             max_concurrent_calls: default_max_concurrent_calls(),
+            instances_memory_mib: default_instances_memory_mib(),
             max_queued_calls: default_max_queued_calls(),
         }
     }
@@ -700,6 +713,7 @@ impl ProviderConfig {
             ("limits.call_timeout_ms", limits.call_timeout_ms),
             ("limits.calls_per_instance", limits.calls_per_instance),
             ("limits.max_concurrent_calls", limits.max_concurrent_calls),
+            ("limits.instances_memory_mib", limits.instances_memory_mib),
             ("batch.max_items", self.batch.max_items),
             ("batch.max_in_flight", self.batch.max_in_flight),
             ("batch.max_queued", self.batch.max_queued),
@@ -726,6 +740,12 @@ impl ProviderConfig {
             return Err(Problem::new(
                 format!("{at}.limits.memory_mib"),
                 "at most 4096",
+            ));
+        }
+        if limits.instances_memory_mib > 65536 {
+            return Err(Problem::new(
+                format!("{at}.limits.instances_memory_mib"),
+                "at most 65536",
             ));
         }
         if !self.outbound.allowed_hosts.is_empty()

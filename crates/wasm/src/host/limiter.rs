@@ -94,9 +94,13 @@ mod tests {
     use crate::quota::MemoryBudget;
 
     fn quota(budget: usize) -> Arc<InstanceQuota> {
+        let sizes = crate::quota::Sizes {
+            max_concurrent: 1,
+            max_queued: 0,
+            pool_bytes: budget,
+        };
         Arc::new(InstanceQuota::new(
-            1,
-            0,
+            sizes,
             Arc::new(MemoryBudget::new(budget)),
         ))
     }

@@ -65,3 +65,51 @@ async fn a_slow_provider_cannot_starve_the_primary() {
     assert!((8..=12).contains(&served), "{served} served");
     assert_eq!(served + exhausted, 300);
 }
+
+/// Instances are bounded by bytes, not only by count: a provider whose
+/// instances hold ~1 MiB each, allowed 16 at once but 3 MiB together, runs
+/// two, and the calls beyond wait for one to come back rather than fail.
+/// (A Python provider's ~12.5 MiB instances meet the default 64 MiB the
+/// same way: `scripts/bench-languages`.)
+#[tokio::test]
+async fn a_provider_runs_only_as_many_instances_as_fit_its_memory() {
+    let slow = ProviderSpec::new("slow", "fixture_slow")
+        .setting("decrypt-sleep-ms", "200")
+        .limit("max_concurrent_calls", 16)
+        .limit("instances_memory_mib", 3)
+        .limit("call_timeout_ms", 20_000);
+    let gateway = TestGateway::new()
+        .with_provider(slow)
+        .status_interval_ms(600_000)
+        .start()
+        .await;
+    let mut client = gateway.v2().await;
+    client.status(v2::StatusRequest {}).await.unwrap();
+
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.decrypt(decrypt("slow/w1", b"x")).await })
+        })
+        .collect();
+    let mut most = (0, 0);
+    while !calls.iter().all(|call| call.is_finished()) {
+        let info = gateway.provider("slow").await;
+        most = (
+            most.0.max(info.instances),
+            most.1.max(info.sandbox_memory_bytes),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for call in calls {
+        call.await
+            .unwrap()
+            .expect("a call beyond the bound waits, it does not fail");
+    }
+    let (instances, memory) = most;
+    assert!(instances >= 1 && memory > 0, "{most:?}");
+    assert!(
+        instances <= 2 && memory <= 3 << 20,
+        "at most {instances} instances holding {memory} bytes"
+    );
+}
