@@ -56,6 +56,54 @@ impl Identity {
         }
         (!identity.name.is_empty()).then_some(identity)
     }
+
+    /// `component` with this identity appended as a custom section of the
+    /// component itself (valid at its end), for components built by tools
+    /// that cannot write one (componentize-py, componentize-js):
+    /// `kmsgate provider stamp`. Refused if it has an identity already (the
+    /// first one found is the one read), or if a value would not read back
+    /// as written.
+    pub fn stamp(&self, component: &[u8]) -> Result<Vec<u8>, String> {
+        if !component.starts_with(b"\0asm") || component.get(6..8) != Some(&[1, 0]) {
+            return Err("not a WebAssembly component".into());
+        }
+        if let Some(present) = Identity::read(component) {
+            return Err(format!(
+                "it already says it is {} {}",
+                present.name, present.version
+            ));
+        }
+        let mut data = String::new();
+        for (key, value) in [
+            ("name", &self.name),
+            ("version", &self.version),
+            ("sdk", &self.sdk),
+        ] {
+            let clean = kmsgate_core::sanitize::clean(value, MAX_VALUE);
+            if clean != *value || value.contains('=') || (key == "name" && value.is_empty()) {
+                return Err(format!(
+                    "{key} {value:?}: 1 to {MAX_VALUE} printable characters, no '='"
+                ));
+            }
+            if !value.is_empty() {
+                data.push_str(&format!("{key}={value}\n"));
+            }
+        }
+        let mut section = Vec::new();
+        wasm_encoder::Encode::encode(
+            &wasm_encoder::CustomSection {
+                name: SECTION.into(),
+                data: data.as_bytes().into(),
+            },
+            &mut section,
+        );
+        let mut stamped = component.to_vec();
+        // A section is its id, then its size and contents: encoding a
+        // custom section gives the size and contents.
+        stamped.push(0);
+        stamped.extend_from_slice(&section);
+        Ok(stamped)
+    }
 }
 
 #[cfg(test)]
@@ -95,5 +143,35 @@ mod tests {
         );
         assert_eq!(Identity::read(&component_with(b"version=1\n")), None);
         assert_eq!(Identity::read(b"not wasm"), None);
+    }
+
+    #[test]
+    fn a_stamped_component_reads_back_and_still_parses() {
+        let component = wasm_encoder::Component::new().finish();
+        let identity = Identity {
+            name: "acme-kms".into(),
+            version: "1.0.0".into(),
+            sdk: "componentize-py 0.25.1".into(),
+        };
+        let stamped = identity.stamp(&component).unwrap();
+        assert_eq!(Identity::read(&stamped), Some(identity.clone()));
+        for payload in wasmparser::Parser::new(0).parse_all(&stamped) {
+            payload.expect("a component that still parses");
+        }
+        let again = identity.stamp(&stamped).unwrap_err();
+        assert!(
+            again.contains("already says it is acme-kms 1.0.0"),
+            "{again}"
+        );
+        let bad = Identity {
+            name: "a\nversion=9".into(),
+            ..Identity::default()
+        };
+        assert!(bad.stamp(&component).is_err());
+        assert!(
+            Identity::default().stamp(&component).is_err(),
+            "a name is needed"
+        );
+        assert!(identity.stamp(b"\0asm\x01\0\0\0").is_err(), "a core module");
     }
 }

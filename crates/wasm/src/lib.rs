@@ -63,4 +63,5 @@ pub mod provider;
 pub mod quota;
 pub mod spec;
 
+pub use bindings::WIT_VERSION;
 pub use provider::{LoadError, Origin, Prepared, Runtime, WasmProvider};

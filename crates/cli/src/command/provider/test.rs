@@ -12,18 +12,6 @@ use kmsgate_daemon::config::Config;
 use kmsgate_daemon::{server, socket};
 use toml::{Table, Value};
 
-/// Work with provider components.
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(clap::Subcommand)]
-enum Command {
-    Test(TestArgs),
-}
-
 /// Run a provider component in the daemon's sandbox, alone, and check it:
 /// start (the swap canary: a round trip and health), then the KMS v2
 /// contract over a throwaway socket, as `kmsgate conformance` does. One
@@ -32,7 +20,7 @@ enum Command {
 /// config file (`--config F --provider NAME`, its component replaced by
 /// COMPONENT).
 #[derive(clap::Args)]
-struct TestArgs {
+pub struct TestArgs {
     /// The `.wasm` component.
     component: PathBuf,
     /// Take settings, secrets, auths, outbound and limits from this
@@ -64,13 +52,7 @@ struct TestArgs {
 /// The provider's name when not taken from a config: it prefixes key ids.
 const NAME: &str = "under-test";
 
-pub async fn run(Args { command }: Args) -> anyhow::Result<()> {
-    match command {
-        Command::Test(args) => test(args).await,
-    }
-}
-
-async fn test(args: TestArgs) -> anyhow::Result<()> {
+pub async fn run(args: TestArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("a directory for the test socket")?;
     let provider = provider_table(&args)?;
     let name = provider
@@ -251,7 +233,7 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     for check in &report.checks {
-        println!("{}", super::conformance::line(check));
+        println!("{}", super::super::conformance::line(check));
     }
     println!("{} passed, {} failed", report.passed(), report.failed());
     Ok(())
