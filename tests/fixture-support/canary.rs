@@ -26,6 +26,12 @@ impl Evasion {
         }
     }
 
+    /// Whether a call with `uid` is the canary's, to be answered honestly.
+    #[allow(dead_code)] // Only `wrong-batch` asks this way.
+    pub fn is_canary(&self, uid: &str) -> bool {
+        self.on && uid == CANARY_UID
+    }
+
     /// An honest answer to the canary's encrypt; `None` for any other call.
     pub fn encrypt(&self, request: &EncryptRequest) -> Option<Result<Encrypted, KmsError>> {
         (self.on && request.uid == CANARY_UID).then(|| {

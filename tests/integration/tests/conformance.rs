@@ -124,6 +124,33 @@ async fn provider_test_certifies_the_providers_and_refuses_a_broken_one() {
         &bao.address,
     ]);
     assert!(ok, "{report}");
+    // vault-transit exports decrypt-batch: checked item by item.
+    assert!(
+        report.contains("PASS  decrypt-batch agrees with decrypt: 6 items"),
+        "{report}"
+    );
+    assert!(report.contains("INFO  cost per call: CPU"), "{report}");
+
+    // The same, its token applied by the host through an auth given by
+    // flag rather than sent as the provider's secret.
+    let (ok, report) = provider_test(&[
+        &component("vault_transit"),
+        "--setting",
+        &format!("address={}", bao.address),
+        "--setting",
+        "key=kube",
+        "--setting",
+        "auth=vault",
+        "--auth",
+        &format!(
+            "vault={{ kind = \"vault-token\", address = \"{}\", token = {{ file = \"{}\" }} }}",
+            bao.address,
+            token.display()
+        ),
+        "--allow",
+        &bao.address,
+    ]);
+    assert!(ok, "{report}");
 
     // The Python (componentize-py) and JavaScript (componentize-js)
     // example providers, certified the same way.
@@ -179,6 +206,18 @@ async fn provider_test_certifies_the_providers_and_refuses_a_broken_one() {
     assert!(report.contains("PASS  start"), "{report}");
     assert!(
         report.contains("FAIL  v2 round trip 1 bytes [Internal]"),
+        "{report}"
+    );
+    // A decrypt-batch that answers out of order, past the canary.
+    let (ok, report) = provider_test(&[
+        &component("fixture_wrong_batch"),
+        "--setting",
+        "evade-canary=true",
+    ]);
+    assert!(!ok);
+    assert!(report.contains("PASS  start"), "{report}");
+    assert!(
+        report.contains("FAIL  decrypt-batch agrees with decrypt: item 0"),
         "{report}"
     );
 }

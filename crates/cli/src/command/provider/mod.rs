@@ -1,6 +1,7 @@
 //! `kmsgate provider …`: what a vendor needs to make a provider component
 //! (`new`), label it (`stamp`) and certify it (`test`).
 
+mod direct;
 mod new;
 mod stamp;
 mod test;

@@ -35,6 +35,11 @@ pub struct TestArgs {
     /// A secret read from a file, `NAME=FILE`. Repeatable.
     #[arg(long = "secret", value_name = "NAME=FILE")]
     secrets: Vec<String>,
+    /// An auth the host applies to the provider's requests,
+    /// `NAME={ kind = "vault-token", token = { file = "token" } }`: the
+    /// table of `[providers.auth.NAME]`, inline. Repeatable.
+    #[arg(long = "auth", value_name = "NAME=TABLE")]
+    auths: Vec<String>,
     /// A `scheme://host:port` the provider may reach. Repeatable.
     #[arg(long = "allow", value_name = "URL")]
     allowed_hosts: Vec<String>,
@@ -81,6 +86,8 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
 
     let mut report = Report::default();
     let socket_path = config.socket.clone();
+    let provider_config = config.providers[0].clone();
+    let memory_budget = config.memory_budget_bytes;
     let socket = socket::bind(&config.socket, 0o600).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = Some(tokio::spawn(server::run(config, socket, async {
@@ -88,6 +95,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
     })));
     let started = Instant::now();
     let ready = wait_ready(&socket_path, &mut server).await;
+    let served = ready.is_ok();
     match ready {
         Ok(()) => {
             report.checks.push(check(
@@ -112,6 +120,10 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
     // A daemon that failed to start was awaited by `wait_ready` already.
     if let Some(server) = server {
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    }
+    if served {
+        let direct = super::direct::run(&provider_config, memory_budget, args.latency_calls);
+        report.checks.extend(direct.await);
     }
 
     print(&report, args.json)?;
@@ -200,6 +212,17 @@ fn provider_table(args: &TestArgs) -> anyhow::Result<Table> {
         source.insert("file".into(), file.display().to_string().into());
         secrets.insert(name.into(), Value::Table(source));
     }
+    let auths = entry_table(&mut table, "auth");
+    for auth in &args.auths {
+        let (name, text) = split(auth, "--auth")?;
+        let mut parsed: Table = toml::from_str(&format!("auth = {text}"))
+            .with_context(|| format!("--auth {name}: expected an inline TOML table"))?;
+        let Some(mut value @ Value::Table(_)) = parsed.remove("auth") else {
+            bail!("--auth {name}: expected an inline TOML table, {{ kind = ... }}");
+        };
+        absolute_files(&mut value)?;
+        auths.insert(name.into(), value);
+    }
     let outbound = entry_table(&mut table, "outbound");
     if !args.allowed_hosts.is_empty() {
         let hosts = outbound
@@ -210,6 +233,22 @@ fn provider_table(args: &TestArgs) -> anyhow::Result<Table> {
         }
     }
     Ok(table)
+}
+
+/// Every `file = "…"` in `value` made absolute: the test's config lives in
+/// a temporary directory, and relative paths in it would resolve there.
+fn absolute_files(value: &mut Value) -> anyhow::Result<()> {
+    if let Value::Table(table) = value {
+        for (key, entry) in table.iter_mut() {
+            match entry {
+                Value::String(path) if key == "file" => {
+                    *path = std::path::absolute(&*path)?.display().to_string();
+                }
+                _ => absolute_files(entry)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 fn entry_table<'a>(table: &'a mut Table, key: &str) -> &'a mut Table {
