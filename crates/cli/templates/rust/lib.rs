@@ -81,7 +81,10 @@ impl Backend {
 
 impl Provider for Backend {
     fn new(settings: &Settings) -> Result<Self, KmsError> {
-        let address = settings.require("address")?.trim_end_matches('/').to_owned();
+        let address = settings
+            .require("address")?
+            .trim_end_matches('/')
+            .to_owned();
         if !address.starts_with("http://") && !address.starts_with("https://") {
             return Err(KmsError::InvalidConfig(
                 "setting `address` must be http(s)://host:port".into(),
@@ -98,7 +101,11 @@ impl Provider for Backend {
         }
         Ok(Backend {
             address,
-            mount: settings.get("mount").unwrap_or("transit").trim_matches('/').to_owned(),
+            mount: settings
+                .get("mount")
+                .unwrap_or("transit")
+                .trim_matches('/')
+                .to_owned(),
             key,
             auth: settings.get("auth").map(str::to_owned),
         })
@@ -131,7 +138,10 @@ impl Provider for Backend {
                 "the backend answered a ciphertext of another version".into(),
             ));
         }
-        Ok(Encrypted::new(ciphertext.as_bytes().to_vec(), request.key_id))
+        Ok(Encrypted::new(
+            ciphertext.as_bytes().to_vec(),
+            request.key_id,
+        ))
     }
 
     fn decrypt(&mut self, request: DecryptRequest) -> Result<Vec<u8>, KmsError> {
@@ -140,13 +150,22 @@ impl Provider for Backend {
             .ok()
             .filter(|text| text.starts_with(&format!("vault:v{version}:")))
             .ok_or_else(|| {
-                KmsError::InvalidCiphertext(format!("not a Transit ciphertext of {}:v{version}", self.key))
+                KmsError::InvalidCiphertext(format!(
+                    "not a Transit ciphertext of {}:v{version}",
+                    self.key
+                ))
             })?;
-        let data = self.call(Method::Post, "decrypt", Some(json!({ "ciphertext": ciphertext })))?;
+        let data = self.call(
+            Method::Post,
+            "decrypt",
+            Some(json!({ "ciphertext": ciphertext })),
+        )?;
         data["plaintext"]
             .as_str()
             .and_then(|text| base64::decode(text).ok())
-            .ok_or_else(|| KmsError::Internal("the backend answered a plaintext that is not base64".into()))
+            .ok_or_else(|| {
+                KmsError::Internal("the backend answered a plaintext that is not base64".into())
+            })
     }
 }
 
