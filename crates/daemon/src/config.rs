@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use kmsgate_wasm::spec::{
@@ -73,6 +73,16 @@ pub struct ConfigFile {
     /// Default 4096.
     #[serde(default = "default_memory_budget_mib")]
     pub memory_budget_mib: u64,
+    /// Public keys trusted to sign provider components: PEM `PUBLIC KEY`
+    /// files, ECDSA P-256 (as `cosign generate-key-pair` or `openssl ec
+    /// -pubout` write them) or Ed25519. Several at once, to rotate a
+    /// signing key. With none, signatures are not checked.
+    #[serde(default)]
+    pub trusted_keys: Vec<TrustedKeyConfig>,
+    /// Refuse a component that is not signed by a trusted key (a provider's
+    /// own `require_signature` overrides it). Default false.
+    #[serde(default)]
+    pub require_signature: bool,
     /// Limits on the KMS socket's connections.
     #[serde(default)]
     pub kms_socket: KmsSocketConfig,
@@ -238,8 +248,14 @@ impl ConfigFile {
             }
         };
         fix(&mut self.socket);
+        for key in &mut self.trusted_keys {
+            fix(&mut key.file);
+        }
         for provider in &mut self.providers {
             fix(&mut provider.component);
+            if let Some(signature) = &mut provider.signature {
+                fix(signature);
+            }
             for value in provider.settings.values_mut() {
                 if let SettingValue::File { file } = value {
                     fix(file);
@@ -264,9 +280,53 @@ impl ConfigFile {
         }
     }
 
+    /// The trusted keys, read and parsed. A key that cannot be read or is
+    /// of another kind makes the config invalid: a typo must not turn
+    /// signature checking off.
+    fn read_trusted_keys(&self) -> Result<Vec<kmsgate_wasm::signature::TrustedKey>, Problem> {
+        self.trusted_keys
+            .iter()
+            .enumerate()
+            .map(|(n, key)| {
+                let field = format!("trusted_keys[{n}].file");
+                let text = kmsgate_core::files::read_bounded(
+                    &key.file,
+                    kmsgate_wasm::signature::MAX_KEY_FILE,
+                )
+                .map_err(|why| Problem::new(field.clone(), why))?;
+                kmsgate_wasm::signature::TrustedKey::parse(&key.name, &text)
+                    .map_err(|why| Problem::new(field, format!("{:?}: {why}", key.file)))
+            })
+            .collect()
+    }
+
     /// Checks everything that can be checked without touching the disk.
     pub fn validate(&self) -> Result<(), Problem> {
         self.socket_mode()?;
+        for (n, key) in self.trusted_keys.iter().enumerate() {
+            if !kmsgate_wasm::spec::is_valid_name(&key.name) {
+                return Err(Problem::new(
+                    format!("trusted_keys[{n}].name"),
+                    "1-63 lowercase letters, digits or '-'",
+                ));
+            }
+            if self.trusted_keys[..n].iter().any(|k| k.name == key.name) {
+                return Err(Problem::new(
+                    format!("trusted_keys[{n}].name"),
+                    format!("{} is named twice", key.name),
+                ));
+            }
+        }
+        for provider in &self.providers {
+            for name in provider.trusted_keys.iter().flatten() {
+                if !self.trusted_keys.iter().any(|k| &k.name == name) {
+                    return Err(Problem::new(
+                        format!("providers.{}.trusted_keys", provider.name),
+                        format!("{name} is not one of the daemon's trusted_keys"),
+                    ));
+                }
+            }
+        }
         if self.memory_budget_mib == 0 {
             return Err(Problem::new("memory_budget_mib", "must be greater than 0"));
         }
@@ -414,7 +474,21 @@ pub struct Config {
     pub memory_budget_bytes: usize,
     pub kms_socket: KmsSocket,
     pub admin: Admin,
+    /// As in the file; each provider's `policy` holds the keys read.
+    pub trusted_keys: Vec<TrustedKeyConfig>,
+    pub require_signature: bool,
     pub providers: Vec<ProviderConfig>,
+}
+
+/// One `[[trusted_keys]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeyConfig {
+    /// Shown as the signer (`kmsgate providers`, `kmsgate_provider_info`);
+    /// providers name keys by it.
+    pub name: String,
+    /// The PEM public key file.
+    pub file: PathBuf,
 }
 
 /// Limits on the KMS socket's connections ([`KmsSocketConfig`], parsed).
@@ -509,9 +583,27 @@ impl Config {
         })
     }
 
-    /// Validates `file` and turns it into the daemon's types.
-    pub fn from_file(file: ConfigFile, path: Option<PathBuf>) -> Result<Config, Problem> {
+    /// Validates `file` and turns it into the daemon's types (reading the
+    /// trusted keys).
+    pub fn from_file(mut file: ConfigFile, path: Option<PathBuf>) -> Result<Config, Problem> {
         file.validate()?;
+        let keys = file.read_trusted_keys()?;
+        for provider in &mut file.providers {
+            let chosen = keys
+                .iter()
+                .filter(|key| {
+                    provider
+                        .trusted_keys
+                        .as_ref()
+                        .is_none_or(|names| names.contains(&key.name))
+                })
+                .cloned()
+                .collect();
+            provider.policy = kmsgate_wasm::signature::Policy {
+                keys: std::sync::Arc::new(chosen),
+                required: provider.require_signature.unwrap_or(file.require_signature),
+            };
+        }
         Ok(Config {
             path,
             socket_mode: file.socket_mode()?,
@@ -525,6 +617,8 @@ impl Config {
             admin: Admin::from(&file.admin),
             socket: file.socket,
             compile_cache_dir: file.compile_cache_dir,
+            trusted_keys: file.trusted_keys,
+            require_signature: file.require_signature,
             providers: file.providers,
         })
     }
@@ -641,6 +735,38 @@ mod tests {
             !shown.contains("c2VjcmV0") && shown.contains("16 bytes, redacted"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn trusted_keys_are_named_once_read_at_load_and_chosen_per_provider() {
+        let problem = |text: &str| match ConfigFile::parse(text).map(|f| Config::from_file(f, None))
+        {
+            Ok(Err(problem)) => problem.field,
+            other => panic!("{other:?}"),
+        };
+        let key = |name: &str, file: &str| {
+            format!("[[trusted_keys]]\nname = \"{name}\"\nfile = \"{file}\"\n")
+        };
+        let twice = format!("{MINIMAL}\n{}{}", key("a", "a.pub"), key("a", "b.pub"));
+        assert_eq!(problem(&twice), "trusted_keys[1].name");
+        let unknown = MINIMAL.replace(
+            "component = \"local_aes.wasm\"",
+            "component = \"local_aes.wasm\"\ntrusted_keys = [\"nope\"]",
+        );
+        assert_eq!(problem(&unknown), "providers.local.trusted_keys");
+        // A key file that cannot be read or is no key: the config is
+        // invalid, never signature checking quietly off.
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pub");
+        let text = format!("{MINIMAL}\n{}", key("a", missing.to_str().unwrap()));
+        assert_eq!(problem(&text), "trusted_keys[0].file");
+        let junk = dir.path().join("junk.pub");
+        std::fs::write(&junk, "not a key").unwrap();
+        let text = format!("{MINIMAL}\n{}", key("a", junk.to_str().unwrap()));
+        assert_eq!(problem(&text), "trusted_keys[0].file");
+        // Without keys, nothing is checked, and the default requires nothing.
+        let config = Config::from_file(ConfigFile::parse(MINIMAL).unwrap(), None).unwrap();
+        assert_eq!(config.providers[0].policy, Default::default());
     }
 
     #[test]

@@ -340,6 +340,7 @@ mod tests {
                 sha256: String::new(),
                 fingerprint: String::new(),
                 identity: None,
+                signed_by: None,
             },
             1,
         );

@@ -44,6 +44,8 @@ struct ProviderInfoLabels {
     /// The name and version the component claims; empty if it does not.
     component_name: String,
     component_version: String,
+    /// The trusted key that signed it (its name); empty if unsigned.
+    signed_by: String,
     /// First 16 hex digits of the SHA-256 of the namespaced key id.
     key_id_hash: String,
 }
@@ -429,6 +431,12 @@ impl Metrics {
                     sha256: origin.sha256,
                     component_name: identity.name,
                     component_version: identity.version,
+                    signed_by: origin
+                        .signed_by
+                        .as_deref()
+                        .and_then(|signer| signer.split(' ').next())
+                        .unwrap_or_default()
+                        .to_owned(),
                     key_id_hash,
                 })
                 .set(1);

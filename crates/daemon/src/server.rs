@@ -388,6 +388,7 @@ pub async fn run_native(
             sha256: String::new(),
             fingerprint: String::new(),
             identity: None,
+            signed_by: None,
         },
         1,
     );

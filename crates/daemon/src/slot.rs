@@ -52,6 +52,7 @@ impl Serving {
             sha256: String::new(),
             fingerprint: String::new(),
             identity: None,
+            signed_by: None,
         };
         Serving::new(Arc::new(NotLoaded { reason }), origin, 0)
     }
@@ -567,6 +568,7 @@ mod tests {
             sha256: String::new(),
             fingerprint: provider.key_id.into(),
             identity: None,
+            signed_by: None,
         };
         Serving::new(provider, origin, 1)
     }

@@ -1,15 +1,10 @@
 //! Is this component the one the operator meant to run? The only gate
 //! between reading a component file and compiling it.
 //!
-//! Today: an optional SHA-256 pin per provider (`sha256 = "..."` in the
-//! config). A mismatch refuses the load, and on a reload the old version
-//! keeps serving.
-//!
-//! Signatures go here next: `verify` already receives the provider's name
-//! and the exact bytes that will be compiled, so a signature check (a
-//! detached signature file beside the component, verified against a public
-//! key or a Sigstore identity named in the provider's config) slots in after
-//! the pin check without touching the loader.
+//! An optional SHA-256 pin per provider (`sha256 = "..."` in the config). A
+//! mismatch refuses the load, and on a reload the old version keeps
+//! serving. Signatures by the operator's trusted keys are the other gate,
+//! checked right after it on the same bytes ([`crate::signature`]).
 
 use sha2::{Digest, Sha256};
 

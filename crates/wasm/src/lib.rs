@@ -44,7 +44,8 @@
 //! - [`allowlist`] — which hosts a provider may reach.
 //! - [`auth`] — credentials the host obtains, renews and applies to a provider's requests (Vault logins, AWS SigV4).
 //! - [`leak`] — finds a provider's credentials in a response before it sees it.
-//! - [`integrity`] — the component pin (and the place for signatures).
+//! - [`integrity`] — the component pin.
+//! - [`signature`] — detached signatures by the operator's trusted keys, checked before compiling.
 //! - [`imports`] — a component's imports checked before compiling, and what the host offers.
 //! - [`identity`] — the name and version a component claims (a custom section the SDK writes).
 
@@ -61,6 +62,7 @@ pub mod meter;
 pub mod outbound;
 pub mod provider;
 pub mod quota;
+pub mod signature;
 pub mod spec;
 
 pub use bindings::WIT_VERSION;

@@ -40,6 +40,9 @@ pub struct Origin {
     pub fingerprint: String,
     /// The name and version the component claims, if it says.
     pub identity: Option<crate::identity::Identity>,
+    /// The trusted key whose signature it carries (`release-2026
+    /// (ecdsa-p256 sha256:…)`); `None` if unsigned, or no key is trusted.
+    pub signed_by: Option<String>,
 }
 
 /// The guest's last output lines and backtrace frames in a trap's log entry.
@@ -182,6 +185,7 @@ pub struct Prepared {
 /// whose fingerprint changed.
 fn fingerprint(
     sha256: &str,
+    signature: Option<&[u8]>,
     config: &ProviderConfig,
     settings: &[(String, String)],
     secrets: &HashMap<String, Secret>,
@@ -193,6 +197,11 @@ fn fingerprint(
         hasher.update(bytes);
     };
     field(sha256.as_bytes());
+    // A new signature or a changed trust list checks the component again:
+    // a key dropped from the list must not leave what it signed serving
+    // unnoticed.
+    field(signature.unwrap_or_default());
+    field(config.policy.fingerprint().as_bytes());
     let parsed = serde_json::to_vec(config)
         .map_err(|e| format!("provider config cannot be fingerprinted: {e}"))?;
     field(&parsed);
@@ -207,6 +216,16 @@ fn fingerprint(
         field(secrets[name].expose().as_bytes());
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The signature file's contents; `None` if there is none.
+fn read_signature(path: &std::path::Path) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::symlink_metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        _ => kmsgate_core::files::read_bounded(path, crate::signature::MAX_SIGNATURE_FILE)
+            .map(Some)
+            .map_err(|why| format!("signature: {why}")),
+    }
 }
 
 impl Prepared {
@@ -233,6 +252,16 @@ impl Prepared {
         )
         .map_err(fail)?;
         let sha256 = crate::integrity::verify(config.sha256.as_deref(), &bytes).map_err(fail)?;
+        // The signature is over these bytes, the ones compiled (or looked up
+        // in the compile cache by their digest) below: nothing unverified
+        // reaches the compiler or the cache.
+        let signature_path = config.signature_path();
+        let signature = read_signature(&signature_path).map_err(fail)?;
+        let signed_by = config
+            .policy
+            .check(&bytes, signature.as_deref(), &signature_path)
+            .map_err(|why| fail(format!("signature: {why}")))?
+            .map(|key| format!("{key:?}"));
         // A setting or secret file may appear or be fixed later (a token
         // written by an agent): worth retrying.
         let retry = |e: crate::spec::ResolveError| LoadError::retryable(config, e.to_string());
@@ -241,12 +270,14 @@ impl Prepared {
         let tls = crate::outbound::TlsFiles::read(&config.outbound)
             .map_err(|reason| LoadError::retryable(config, reason))?;
 
-        let fingerprint = fingerprint(&sha256, config, &settings, &secrets).map_err(fail)?;
+        let fingerprint = fingerprint(&sha256, signature.as_deref(), config, &settings, &secrets)
+            .map_err(fail)?;
         let origin = Origin {
             component: config.component.clone(),
             sha256,
             fingerprint,
             identity: crate::identity::Identity::read(&bytes),
+            signed_by,
         };
         Ok(Prepared {
             bytes,
@@ -819,7 +850,7 @@ mod tests {
     }
 
     fn of(config: &ProviderConfig) -> String {
-        fingerprint("digest", config, &[], &HashMap::new()).unwrap()
+        fingerprint("digest", None, config, &[], &HashMap::new()).unwrap()
     }
 
     #[test]
@@ -854,8 +885,14 @@ mod tests {
         let mut limits = config.clone();
         limits.limits.cpu_ms = 201;
         assert_ne!(of(&config), of(&limits));
-        let other_component = fingerprint("other", &config, &[], &HashMap::new()).unwrap();
+        let other_component = fingerprint("other", None, &config, &[], &HashMap::new()).unwrap();
         assert_ne!(of(&config), other_component);
+        // A new signature, or a changed trust list, checks it again.
+        let signed = fingerprint("digest", Some(b"sig"), &config, &[], &HashMap::new()).unwrap();
+        assert_ne!(of(&config), signed);
+        let mut required = config.clone();
+        required.policy.required = true;
+        assert_ne!(of(&config), of(&required));
     }
 
     #[test]
@@ -864,20 +901,20 @@ mod tests {
         let settings = |value: &str| vec![("key".to_owned(), value.to_owned())];
         let secrets =
             |value: &str| HashMap::from([("token".to_owned(), Secret::new(value.into()))]);
-        let base = fingerprint("d", &config, &settings("a"), &secrets("t1")).unwrap();
+        let base = fingerprint("d", None, &config, &settings("a"), &secrets("t1")).unwrap();
         assert_ne!(
             base,
-            fingerprint("d", &config, &settings("b"), &secrets("t1")).unwrap()
+            fingerprint("d", None, &config, &settings("b"), &secrets("t1")).unwrap()
         );
         assert_ne!(
             base,
-            fingerprint("d", &config, &settings("a"), &secrets("t2")).unwrap()
+            fingerprint("d", None, &config, &settings("a"), &secrets("t2")).unwrap()
         );
         // Field boundaries count: "ab" + "" is not "a" + "b".
         let split = |key: &str, value: &str| vec![(key.to_owned(), value.to_owned())];
         assert_ne!(
-            fingerprint("d", &config, &split("ab", ""), &HashMap::new()).unwrap(),
-            fingerprint("d", &config, &split("a", "b"), &HashMap::new()).unwrap()
+            fingerprint("d", None, &config, &split("ab", ""), &HashMap::new()).unwrap(),
+            fingerprint("d", None, &config, &split("a", "b"), &HashMap::new()).unwrap()
         );
     }
 }

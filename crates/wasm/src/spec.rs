@@ -50,6 +50,23 @@ pub struct ProviderConfig {
     /// match is refused (and on a reload the old version keeps serving).
     #[serde(default)]
     pub sha256: Option<String>,
+    /// The component's detached signature; default: the component's path
+    /// with `.sig` appended (`acme.wasm.sig`). Checked against the daemon's
+    /// `trusted_keys` when any are configured.
+    #[serde(default)]
+    pub signature: Option<PathBuf>,
+    /// Whether the component must be signed by a trusted key; default: the
+    /// daemon's `require_signature`.
+    #[serde(default)]
+    pub require_signature: Option<bool>,
+    /// Which of the daemon's `trusted_keys` may sign this provider's
+    /// component, by name; default: all of them.
+    #[serde(default)]
+    pub trusted_keys: Option<Vec<String>>,
+    /// The keys and requirement resolved from the fields above and the
+    /// daemon's config (by the daemon, never read from the file).
+    #[serde(skip)]
+    pub policy: crate::signature::Policy,
     /// The provider's own settings, handed to it through `wasi:config/store`.
     /// Values are strings, numbers or booleans, or `{ file = "path" }` /
     /// `{ env = "NAME" }` to read the value from a file or an environment
@@ -647,6 +664,16 @@ impl Problem {
 }
 
 impl ProviderConfig {
+    /// Where the component's signature is: `signature`, or the component's
+    /// path with `.sig` appended.
+    pub fn signature_path(&self) -> PathBuf {
+        self.signature.clone().unwrap_or_else(|| {
+            let mut path = self.component.clone().into_os_string();
+            path.push(".sig");
+            PathBuf::from(path)
+        })
+    }
+
     /// Checks this provider's entry; `at` names it in messages
     /// (`providers[0]`).
     pub fn validate(&self, at: &str) -> Result<(), Problem> {

@@ -298,8 +298,13 @@ impl TestGateway {
     }
 
     /// Sets one top-level key (`memory_budget_mib`, ...).
-    pub fn top(mut self, key: &str, value: i64) -> Self {
-        self.top.insert(key.into(), Value::Integer(value));
+    pub fn top(self, key: &str, value: i64) -> Self {
+        self.top_value(key, Value::Integer(value))
+    }
+
+    /// Sets one top-level key to any value (`trusted_keys`, ...).
+    pub fn top_value(mut self, key: &str, value: Value) -> Self {
+        self.top.insert(key.into(), value);
         self
     }
 

@@ -29,9 +29,14 @@ pub async fn run(
     for provider in &config.providers {
         match reload::check(&runtime, provider).await {
             Ok(Checked::Passed(health)) => println!(
-                "ok    {}: key id {:?}, canary passed{}",
+                "ok    {}: key id {:?}, canary passed{}{}",
                 provider.name,
                 health.key_id.unwrap_or_default(),
+                if provider.policy.keys.is_empty() {
+                    String::new()
+                } else {
+                    ", signature checked".to_owned()
+                },
                 if health.detail.is_empty() {
                     String::new()
                 } else {

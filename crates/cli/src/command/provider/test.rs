@@ -40,6 +40,16 @@ pub struct TestArgs {
     /// table of `[providers.auth.NAME]`, inline. Repeatable.
     #[arg(long = "auth", value_name = "NAME=TABLE")]
     auths: Vec<String>,
+    /// A public key trusted to sign the component, `NAME=FILE` (PEM,
+    /// ECDSA P-256 or Ed25519), as `[[trusted_keys]]`. Repeatable.
+    #[arg(long = "trusted-key", value_name = "NAME=FILE")]
+    trusted_keys: Vec<String>,
+    /// Refuse the component unless a trusted key signed it.
+    #[arg(long)]
+    require_signature: bool,
+    /// The signature file; default: COMPONENT.sig.
+    #[arg(long)]
+    signature: Option<PathBuf>,
     /// A `scheme://host:port` the provider may reach. Repeatable.
     #[arg(long = "allow", value_name = "URL")]
     allowed_hosts: Vec<String>,
@@ -73,6 +83,9 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
     );
     root.insert("primary".into(), name.clone().into());
     root.insert("status_interval_ms".into(), 1_000.into());
+    let (keys, required) = trust(&args)?;
+    root.insert("trusted_keys".into(), Value::Array(keys));
+    root.insert("require_signature".into(), required.into());
     root.insert("watch".into(), false.into());
     let mut admin = Table::new();
     admin.insert("enabled".into(), false.into());
@@ -196,6 +209,13 @@ fn provider_table(args: &TestArgs) -> anyhow::Result<Table> {
         }
     };
     table.insert("component".into(), component.display().to_string().into());
+    // The signature beside the component under test, not the configured
+    // component's.
+    table.remove("signature");
+    if let Some(signature) = &args.signature {
+        let signature = std::path::absolute(signature)?;
+        table.insert("signature".into(), signature.display().to_string().into());
+    }
     // The component under test is new bytes: a pin from the config would
     // refuse it.
     table.remove("sha256");
@@ -233,6 +253,31 @@ fn provider_table(args: &TestArgs) -> anyhow::Result<Table> {
         }
     }
     Ok(table)
+}
+
+/// The trusted keys and the requirement: the config file's (with
+/// `--config`), then the flags'.
+fn trust(args: &TestArgs) -> anyhow::Result<(Vec<Value>, bool)> {
+    let mut keys = Vec::new();
+    let mut required = args.require_signature;
+    if let Some(config) = &args.config {
+        let config = Config::load(config)?;
+        for key in &config.trusted_keys {
+            keys.push(Value::try_from(key)?);
+        }
+        required |= config.require_signature;
+    }
+    for key in &args.trusted_keys {
+        let (name, file) = split(key, "--trusted-key")?;
+        let mut table = Table::new();
+        table.insert("name".into(), name.into());
+        table.insert(
+            "file".into(),
+            std::path::absolute(file)?.display().to_string().into(),
+        );
+        keys.push(Value::Table(table));
+    }
+    Ok((keys, required))
 }
 
 /// Every `file = "…"` in `value` made absolute: the test's config lives in
