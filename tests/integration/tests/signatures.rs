@@ -219,17 +219,33 @@ async fn every_bad_signature_is_refused_at_start_and_by_check() {
                 let _ = std::fs::remove_file(&sig);
             }),
         ),
+        // The bounds on reading it: not a whole file of junk, and a FIFO
+        // (which would block a plain read forever) is no regular file.
+        (
+            "oversized signature",
+            Box::new(|| std::fs::write(&sig, "A".repeat(64 << 10)).unwrap()),
+        ),
+        (
+            "a fifo for a signature",
+            Box::new(|| {
+                let _ = std::fs::remove_file(&sig);
+                let made = Command::new("mkfifo").arg(&sig).status().unwrap();
+                assert!(made.success());
+            }),
+        ),
     ];
     for (case, prepare) in cases {
         component_copy(dir.path(), "c", None);
+        let _ = std::fs::remove_file(&sig);
         prepare();
         let config = gateway(&wasm, &[&trusted], true);
         let (ok, text) = check(&config);
         assert!(!ok, "{case}: check passed it: {text}");
-        let expected = if case == "no signature" {
-            "unsigned"
-        } else {
-            "not by a trusted key"
+        let expected = match case {
+            "no signature" => "unsigned",
+            "oversized signature" => "larger than 4096 bytes",
+            "a fifo for a signature" => "not a regular file",
+            _ => "not by a trusted key",
         };
         assert!(text.contains(expected), "{case}: {text}");
         let error = start_error(config).await;
