@@ -34,17 +34,8 @@ pub async fn run(config: &ProviderConfig, memory_budget: usize, calls: usize) ->
     ]
 }
 
-fn check(name: &str, outcome: Outcome, detail: String) -> Check {
-    Check {
-        name: name.into(),
-        outcome,
-        code: None,
-        detail,
-    }
-}
-
 fn fail(name: &str, detail: String) -> Check {
-    check(name, Outcome::Fail, detail)
+    Check::new(name, Outcome::Fail, detail)
 }
 
 fn call() -> Call {
@@ -72,16 +63,28 @@ async fn seal(
     })
 }
 
+async fn open(provider: &WasmProvider, item: &DecryptItem) -> Result<Plaintext, ProviderError> {
+    provider
+        .decrypt(
+            call(),
+            &item.uid,
+            &item.key_id,
+            &item.ciphertext,
+            &item.annotations,
+        )
+        .await
+}
+
 /// `decrypt-batch`, if exported, answers every item as `decrypt` answers
 /// it alone: the same plaintext, or an error of the same kind, in order,
 /// without one bad item failing the others.
 async fn batch(provider: &WasmProvider, key_id: &str) -> Check {
     const NAME: &str = "decrypt-batch agrees with decrypt";
     if provider.batching().is_none() {
-        return check(
+        return Check::new(
             NAME,
             Outcome::Info,
-            "not exported (or batch.max_items is 1): decrypts go one by one".into(),
+            "not exported (or batch.max_items is 1): decrypts go one by one",
         );
     }
     let mut items = Vec::new();
@@ -118,15 +121,7 @@ async fn batch(provider: &WasmProvider, key_id: &str) -> Check {
         );
     }
     for (n, (item, batched)) in items.iter().zip(&answers).enumerate() {
-        let alone = provider
-            .decrypt(
-                call(),
-                &item.uid,
-                &item.key_id,
-                &item.ciphertext,
-                &item.annotations,
-            )
-            .await;
+        let alone = open(provider, item).await;
         let agree = match (batched, &alone) {
             (Ok(a), Ok(b)) => a.as_bytes() == b.as_bytes(),
             (Err(a), Err(b)) => std::mem::discriminant(a) == std::mem::discriminant(b),
@@ -148,7 +143,7 @@ async fn batch(provider: &WasmProvider, key_id: &str) -> Check {
         }
     }
     let errors = answers.iter().filter(|a| a.is_err()).count();
-    check(
+    Check::new(
         NAME,
         Outcome::Pass,
         format!(
@@ -180,16 +175,7 @@ async fn cost(
     let item = last.expect("at least one call");
     let started = cpu_time();
     for _ in 0..calls {
-        if let Err(error) = provider
-            .decrypt(
-                call(),
-                &item.uid,
-                &item.key_id,
-                &item.ciphertext,
-                &item.annotations,
-            )
-            .await
-        {
+        if let Err(error) = open(provider, &item).await {
             return fail(NAME, format!("decrypt: {error}"));
         }
     }
@@ -199,7 +185,7 @@ async fn cost(
         usage.memory_bytes as f64 / usage.instances.max(1) as f64 / f64::from(1 << 20);
     let limits = &config.limits;
     let fit = (limits.instances_memory_mib as f64 / per_instance.max(0.001)).floor() as u64;
-    check(
+    Check::new(
         NAME,
         Outcome::Info,
         format!(

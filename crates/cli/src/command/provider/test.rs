@@ -111,7 +111,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
     let served = ready.is_ok();
     match ready {
         Ok(()) => {
-            report.checks.push(check(
+            report.checks.push(Check::new(
                 "start",
                 Outcome::Pass,
                 format!(
@@ -127,7 +127,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
             let contract = kmsgate_conformance::run(&socket_path, &options).await?;
             report.checks.extend(contract.checks);
         }
-        Err(why) => report.checks.push(check("start", Outcome::Fail, why)),
+        Err(why) => report.checks.push(Check::new("start", Outcome::Fail, why)),
     }
     let _ = stop.send(());
     // A daemon that failed to start was awaited by `wait_ready` already.
@@ -144,15 +144,6 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
         bail!("{} of the checks failed", report.failed());
     }
     Ok(())
-}
-
-fn check(name: &str, outcome: Outcome, detail: String) -> Check {
-    Check {
-        name: name.into(),
-        outcome,
-        code: None,
-        detail,
-    }
 }
 
 /// Until the daemon serves and its provider is healthy; or why not. A
