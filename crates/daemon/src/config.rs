@@ -252,7 +252,16 @@ impl ConfigFile {
             fix(&mut key.file);
         }
         for provider in &mut self.providers {
-            fix(&mut provider.component);
+            if provider.oci_reference().is_none() {
+                fix(&mut provider.component);
+            }
+            if let Some(ca) = &mut provider.registry.ca_file {
+                fix(ca);
+            }
+            if let Some(kmsgate_wasm::spec::Source::File { file }) = &mut provider.registry.password
+            {
+                fix(file);
+            }
             if let Some(signature) = &mut provider.signature {
                 fix(signature);
             }
@@ -318,6 +327,12 @@ impl ConfigFile {
             }
         }
         for provider in &self.providers {
+            if provider.oci_reference().is_some() && self.compile_cache_dir.is_none() {
+                return Err(Problem::new(
+                    format!("providers.{}.component", provider.name),
+                    "an oci:// component needs compile_cache_dir, where pulled components are kept",
+                ));
+            }
             for name in provider.trusted_keys.iter().flatten() {
                 if !self.trusted_keys.iter().any(|k| &k.name == name) {
                     return Err(Problem::new(
@@ -599,6 +614,7 @@ impl Config {
                 })
                 .cloned()
                 .collect();
+            provider.oci_cache = file.compile_cache_dir.as_ref().map(|dir| dir.join("oci"));
             provider.policy = kmsgate_wasm::signature::Policy {
                 keys: std::sync::Arc::new(chosen),
                 required: provider.require_signature.unwrap_or(file.require_signature),
@@ -666,7 +682,11 @@ impl Config {
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.path.iter().cloned().collect();
         for provider in &self.providers {
-            files.push(provider.component.clone());
+            // A registry reference is pulled when the operator reloads,
+            // never on a file event.
+            if provider.oci_reference().is_none() {
+                files.push(provider.component.clone());
+            }
             files.extend(provider.settings.values().filter_map(|value| match value {
                 SettingValue::File { file } => Some(file.clone()),
                 _ => None,
@@ -764,6 +784,22 @@ mod tests {
         std::fs::write(&junk, "not a key").unwrap();
         let text = format!("{MINIMAL}\n{}", key("a", junk.to_str().unwrap()));
         assert_eq!(problem(&text), "trusted_keys[0].file");
+        // A registry reference needs somewhere to keep what it pulls, and
+        // a digest unless the operator opts out.
+        let digest = "a".repeat(64);
+        let oci = MINIMAL.replace(
+            "\"local_aes.wasm\"",
+            &format!("\"oci://registry.example/kms:v1@sha256:{digest}\""),
+        );
+        assert_eq!(problem(&oci), "providers.local.component");
+        let cached = format!("compile_cache_dir = \"/var/cache/kmsgate\"\n{oci}");
+        let config = Config::from_file(ConfigFile::parse(&cached).unwrap(), None).unwrap();
+        assert_eq!(
+            config.providers[0].oci_cache.as_deref(),
+            Some(Path::new("/var/cache/kmsgate/oci"))
+        );
+        let unpinned = cached.replace(&format!("@sha256:{digest}"), "");
+        assert_eq!(problem(&unpinned), "providers[0].component");
         // Without keys, nothing is checked, and the default requires nothing.
         let config = Config::from_file(ConfigFile::parse(MINIMAL).unwrap(), None).unwrap();
         assert_eq!(config.providers[0].policy, Default::default());

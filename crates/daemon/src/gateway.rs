@@ -341,6 +341,7 @@ mod tests {
                 fingerprint: String::new(),
                 identity: None,
                 signed_by: None,
+                stale: None,
             },
             1,
         );

@@ -153,6 +153,7 @@ impl Reloader {
                     component_version: identity.map(|i| i.version.clone()).unwrap_or_default(),
                     component_sdk: identity.map(|i| i.sdk.clone()).unwrap_or_default(),
                     signed_by: serving.origin.signed_by.clone().unwrap_or_default(),
+                    stale: serving.origin.stale.clone().unwrap_or_default(),
                     credentials: serving
                         .provider
                         .credentials()

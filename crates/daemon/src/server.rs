@@ -389,6 +389,7 @@ pub async fn run_native(
             fingerprint: String::new(),
             identity: None,
             signed_by: None,
+            stale: None,
         },
         1,
     );

@@ -53,6 +53,7 @@ impl Serving {
             fingerprint: String::new(),
             identity: None,
             signed_by: None,
+            stale: None,
         };
         Serving::new(Arc::new(NotLoaded { reason }), origin, 0)
     }
@@ -569,6 +570,7 @@ mod tests {
             fingerprint: provider.key_id.into(),
             identity: None,
             signed_by: None,
+            stale: None,
         };
         Serving::new(provider, origin, 1)
     }

@@ -45,6 +45,7 @@
 //! - [`auth`] — credentials the host obtains, renews and applies to a provider's requests (Vault logins, AWS SigV4).
 //! - [`leak`] — finds a provider's credentials in a response before it sees it.
 //! - [`integrity`] — the component pin.
+//! - [`oci`] — components pulled from OCI registries, checked by digest and cached.
 //! - [`signature`] — detached signatures by the operator's trusted keys, checked before compiling.
 //! - [`imports`] — a component's imports checked before compiling, and what the host offers.
 //! - [`identity`] — the name and version a component claims (a custom section the SDK writes).
@@ -59,6 +60,7 @@ pub mod imports;
 pub mod integrity;
 pub mod leak;
 pub mod meter;
+pub mod oci;
 pub mod outbound;
 pub mod provider;
 pub mod quota;

@@ -43,6 +43,9 @@ pub struct Origin {
     /// The trusted key whose signature it carries (`release-2026
     /// (ecdsa-p256 sha256:…)`); `None` if unsigned, or no key is trusted.
     pub signed_by: Option<String>,
+    /// For an `oci://` component served from the cache because the
+    /// registry could not be reached: why.
+    pub stale: Option<String>,
 }
 
 /// The guest's last output lines and backtrace frames in a trap's log entry.
@@ -232,13 +235,39 @@ impl Prepared {
     /// [`Prepared::read`] on the blocking pool, bounded in time (see
     /// [`kmsgate_core::files`]).
     pub async fn read_off_runtime(config: &ProviderConfig) -> Result<Prepared, LoadError> {
-        let owned = config.clone();
-        kmsgate_core::files::off_runtime(&format!("provider {}", config.name), move || {
-            Prepared::read(&owned)
-        })
-        .await
-        // Timed out: the files may be readable later.
-        .map_err(|why| LoadError::retryable(config, why))?
+        let mut owned = config.clone();
+        // An `oci://` component is pulled (or found in the cache) first;
+        // then its bytes are read and checked as a local file's are.
+        let fetched = match config.oci_reference() {
+            Some(reference) => {
+                let reference = reference.map_err(|why| LoadError::fatal(config, why))?;
+                let cache = config.oci_cache.as_deref().ok_or_else(|| {
+                    LoadError::fatal(config, "an oci:// component needs compile_cache_dir".into())
+                })?;
+                let fetched = crate::oci::fetch(&reference, &config.registry, cache)
+                    .await
+                    // A registry that refuses may be fixed; worth retrying.
+                    .map_err(|why| LoadError::retryable(config, why))?;
+                if let Some(why) = &fetched.stale {
+                    tracing::warn!(provider = %config.name, component = %reference.text(), "stale: {why}");
+                }
+                owned.component = fetched.path.clone();
+                Some((reference, fetched))
+            }
+            None => None,
+        };
+        let mut prepared =
+            kmsgate_core::files::off_runtime(&format!("provider {}", config.name), move || {
+                Prepared::read(&owned)
+            })
+            .await
+            // Timed out: the files may be readable later.
+            .map_err(|why| LoadError::retryable(config, why))??;
+        if let Some((reference, fetched)) = fetched {
+            prepared.origin.component = PathBuf::from(reference.text());
+            prepared.origin.stale = fetched.stale;
+        }
+        Ok(prepared)
     }
 
     /// Reads the component (checking its pin), resolves settings and
@@ -278,6 +307,7 @@ impl Prepared {
             fingerprint,
             identity: crate::identity::Identity::read(&bytes),
             signed_by,
+            stale: None,
         };
         Ok(Prepared {
             bytes,

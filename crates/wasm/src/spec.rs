@@ -67,6 +67,13 @@ pub struct ProviderConfig {
     /// daemon's config (by the daemon, never read from the file).
     #[serde(skip)]
     pub policy: crate::signature::Policy,
+    /// How to reach the registry of an `oci://` component.
+    #[serde(default)]
+    pub registry: crate::oci::RegistryConfig,
+    /// Where pulled components are kept (`compile_cache_dir/oci`; set by
+    /// the daemon, never read from the file).
+    #[serde(skip)]
+    pub oci_cache: Option<PathBuf>,
     /// The provider's own settings, handed to it through `wasi:config/store`.
     /// Values are strings, numbers or booleans, or `{ file = "path" }` /
     /// `{ env = "NAME" }` to read the value from a file or an environment
@@ -664,6 +671,13 @@ impl Problem {
 }
 
 impl ProviderConfig {
+    /// The registry reference, if the component is `oci://...`.
+    pub fn oci_reference(&self) -> Option<Result<crate::oci::OciReference, String>> {
+        let text = self.component.to_str()?;
+        text.starts_with(crate::oci::SCHEME)
+            .then(|| crate::oci::OciReference::parse(text))
+    }
+
     /// Where the component's signature is: `signature`, or the component's
     /// path with `.sig` appended.
     pub fn signature_path(&self) -> PathBuf {
@@ -682,6 +696,16 @@ impl ProviderConfig {
                 format!("{at}.name"),
                 "must be 1-63 lowercase letters, digits or '-', starting with a letter or digit",
             ));
+        }
+        if let Some(reference) = self.oci_reference() {
+            let reference =
+                reference.map_err(|why| Problem::new(format!("{at}.component"), why))?;
+            if reference.digest.is_none() && !self.registry.allow_unpinned {
+                return Err(Problem::new(
+                    format!("{at}.component"),
+                    "an oci:// component needs @sha256:<digest> (or registry.allow_unpinned = true)",
+                ));
+            }
         }
         if let Some(pin) = &self.sha256
             && !crate::integrity::is_valid_pin(pin)

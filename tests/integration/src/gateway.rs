@@ -28,6 +28,10 @@ pub struct ProviderSpec {
     batch: Table,
     auth: Table,
     sha256: Option<String>,
+    /// Further keys of the provider's table (`registry`, ...).
+    fields: Table,
+    /// A component given as text (`oci://...`) rather than a built one.
+    reference: Option<String>,
 }
 
 impl ProviderSpec {
@@ -51,6 +55,8 @@ impl ProviderSpec {
             batch: Table::new(),
             auth: Table::new(),
             sha256: None,
+            fields: Table::new(),
+            reference: None,
         }
     }
 
@@ -115,6 +121,18 @@ impl ProviderSpec {
 
     /// Runs the component at `path` instead of a built one (tests that
     /// replace the file to hot-swap it).
+    /// The component as a registry reference, `oci://...`.
+    pub fn component_reference(mut self, reference: &str) -> Self {
+        self.reference = Some(reference.into());
+        self
+    }
+
+    /// Sets any other key of the provider's table.
+    pub fn field(mut self, key: &str, value: Value) -> Self {
+        self.fields.insert(key.into(), value);
+        self
+    }
+
     pub fn component_path(mut self, path: &Path) -> Self {
         self.component = path.to_owned();
         self
@@ -179,10 +197,12 @@ impl ProviderSpec {
     fn to_toml(&self, dir: &Path) -> Table {
         let mut table = Table::new();
         table.insert("name".into(), self.name.clone().into());
-        table.insert(
-            "component".into(),
-            self.component.display().to_string().into(),
-        );
+        let component = match &self.reference {
+            Some(reference) => reference.clone(),
+            None => self.component.display().to_string(),
+        };
+        table.insert("component".into(), component.into());
+        table.extend(self.fields.clone());
         if let Some(pin) = &self.sha256 {
             table.insert("sha256".into(), pin.clone().into());
         }

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod moto;
 pub mod openbao;
 pub mod proxy;
+pub mod registry;
 pub mod requests;
 pub mod vault_auth;
 

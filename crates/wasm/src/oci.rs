@@ -1,0 +1,436 @@
+//! Components from OCI registries: `component =
+//! "oci://host[:port]/repository[:tag]@sha256:<manifest digest>"`, pulled
+//! over HTTPS with the OCI distribution API (`oci-client`), as the
+//! WebAssembly artifact the Bytecode Alliance's tools push (`wkg oci push`:
+//! one layer `application/wasm`, config
+//! `application/vnd.wasm.config.v0+json`; the older
+//! `application/vnd.wasm.content.layer.v1+wasm` layer is read too).
+//!
+//! - A digest is required, unless the operator sets
+//!   `registry.allow_unpinned = true`: a tag alone lets whoever can push to
+//!   the registry change the code.
+//! - Every byte is checked against its digest: the manifest against the
+//!   pinned digest, the component against the manifest's layer digest. A
+//!   mismatch is refused, never retried from the cache.
+//! - Pulled components are kept on disk by their digest, in
+//!   `compile_cache_dir/oci` (same ownership rules as the compile cache),
+//!   so a registry that is down at start does not stop a provider already
+//!   pulled once: the cached copy serves and the provider is marked stale,
+//!   saying why.
+//! - A pull happens when the provider is loaded: at start and on a reload
+//!   the operator asks for (`kmsgate reload`, SIGHUP, a config edit). Files
+//!   on disk are not watched for an `oci://` component, so nothing pulls
+//!   silently.
+//!
+//! The signature and pin checks ([`crate::signature`], [`crate::integrity`])
+//! then run on the pulled bytes exactly as on a local file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::manifest::OciImageManifest;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Source;
+
+/// The scheme that makes a `component` a registry reference.
+pub const SCHEME: &str = "oci://";
+
+/// Layer media types that hold a component.
+pub const LAYER_MEDIA_TYPES: [&str; 2] = [
+    "application/wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+];
+
+/// The longest a registry may take to answer one request.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest manifest read.
+const MAX_MANIFEST: usize = 64 << 10;
+
+/// How a provider reaches its registry: `[providers.registry]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// HTTP basic authentication; anonymous without it.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Source>,
+    /// A PEM CA bundle for the registry's certificate, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept a reference without `@sha256:` (a tag alone). Default false.
+    #[serde(default)]
+    pub allow_unpinned: bool,
+}
+
+/// A parsed `oci://` reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciReference {
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    /// `sha256:<64 hex>`, of the manifest.
+    pub digest: Option<String>,
+}
+
+impl OciReference {
+    /// Parses `oci://host[:port]/repository[:tag][@sha256:<hex>]`.
+    pub fn parse(text: &str) -> Result<OciReference, String> {
+        let rest = text
+            .strip_prefix(SCHEME)
+            .ok_or_else(|| format!("{text:?} does not start with {SCHEME}"))?;
+        let (rest, digest) = match rest.split_once('@') {
+            Some((rest, digest)) => {
+                let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!(
+                        "{text:?}: the digest must be sha256:<64 hex digits>"
+                    ));
+                }
+                (rest, Some(format!("sha256:{}", hex.to_ascii_lowercase())))
+            }
+            None => (rest, None),
+        };
+        let (registry, path) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?}: expected oci://host/repository"))?;
+        // A tag follows the last ':' after the last '/'.
+        let (repository, tag) = match path.rsplit_once(':') {
+            Some((repository, tag)) if !tag.contains('/') => (repository, Some(tag.to_owned())),
+            _ => (path, None),
+        };
+        let valid_repository = !repository.is_empty()
+            && repository.split('/').all(|part| {
+                !part.is_empty()
+                    && part.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+            });
+        if registry.is_empty() || !valid_repository {
+            return Err(format!(
+                "{text:?}: expected oci://host[:port]/repository[:tag][@sha256:...] (lowercase repository)"
+            ));
+        }
+        if tag.is_none() && digest.is_none() {
+            return Err(format!("{text:?}: name a tag or a digest"));
+        }
+        Ok(OciReference {
+            registry: registry.to_owned(),
+            repository: repository.to_owned(),
+            tag,
+            digest,
+        })
+    }
+
+    fn client_reference(&self) -> Reference {
+        match (&self.tag, &self.digest) {
+            (Some(tag), Some(digest)) => Reference::with_tag_and_digest(
+                self.registry.clone(),
+                self.repository.clone(),
+                tag.clone(),
+                digest.clone(),
+            ),
+            (None, Some(digest)) => Reference::with_digest(
+                self.registry.clone(),
+                self.repository.clone(),
+                digest.clone(),
+            ),
+            (Some(tag), None) => {
+                Reference::with_tag(self.registry.clone(), self.repository.clone(), tag.clone())
+            }
+            (None, None) => unreachable!("parse requires a tag or a digest"),
+        }
+    }
+
+    /// The reference as the operator wrote it, for logs and views.
+    pub fn text(&self) -> String {
+        let mut text = format!("{SCHEME}{}/{}", self.registry, self.repository);
+        if let Some(tag) = &self.tag {
+            text.push(':');
+            text.push_str(tag);
+        }
+        if let Some(digest) = &self.digest {
+            text.push('@');
+            text.push_str(digest);
+        }
+        text
+    }
+}
+
+/// A component pulled (or found in the cache).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The component's bytes, in the cache.
+    pub path: PathBuf,
+    /// The manifest's digest.
+    pub manifest_digest: String,
+    /// Why the registry could not be asked, when the cached copy serves.
+    pub stale: Option<String>,
+}
+
+/// Why a pull failed.
+#[derive(Debug)]
+enum PullError {
+    /// The registry did not answer: the cached copy may serve.
+    Unreachable(String),
+    /// It answered, and what it answered is refused (a digest mismatch, no
+    /// component in the artifact, credentials refused): never the cache.
+    Refused(String),
+}
+
+/// Pulls `reference` into `cache`, or falls back to what `cache` holds for
+/// it when the registry cannot be reached.
+pub async fn fetch(
+    reference: &OciReference,
+    registry: &RegistryConfig,
+    cache: &Path,
+) -> Result<Fetched, String> {
+    if reference.digest.is_none() && !registry.allow_unpinned {
+        return Err(format!(
+            "{}: no @sha256: digest; pin the component, or set registry.allow_unpinned = true",
+            reference.text()
+        ));
+    }
+    match pull(reference, registry, cache).await {
+        Ok(fetched) => Ok(fetched),
+        Err(PullError::Refused(why)) => Err(format!("{}: {why}", reference.text())),
+        Err(PullError::Unreachable(why)) => match cached(reference, cache) {
+            Some(mut fetched) => {
+                fetched.stale = Some(format!(
+                    "the registry could not be reached ({why}); serving the copy pulled before"
+                ));
+                Ok(fetched)
+            }
+            None => Err(format!(
+                "{}: the registry could not be reached ({why}), and no copy was pulled before",
+                reference.text()
+            )),
+        },
+    }
+}
+
+fn client(registry: &RegistryConfig) -> Result<Client, PullError> {
+    // oci-client's rustls needs a process-wide crypto provider; ring is
+    // what the rest of the daemon's TLS uses. Installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut extra_root_certificates = Vec::new();
+    if let Some(ca) = &registry.ca_file {
+        let data = kmsgate_core::files::read_bounded(ca, kmsgate_core::files::MAX_SMALL_FILE)
+            .map_err(PullError::Refused)?;
+        extra_root_certificates.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data,
+        });
+    }
+    Ok(Client::new(ClientConfig {
+        protocol: ClientProtocol::Https,
+        extra_root_certificates,
+        read_timeout: Some(TIMEOUT),
+        connect_timeout: Some(TIMEOUT),
+        ..ClientConfig::default()
+    }))
+}
+
+fn auth(registry: &RegistryConfig) -> Result<RegistryAuth, PullError> {
+    let Some(username) = &registry.username else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let password = match &registry.password {
+        Some(Source::File { file }) => {
+            let bytes =
+                kmsgate_core::files::read_bounded(file, kmsgate_core::files::MAX_SMALL_FILE)
+                    .map_err(PullError::Refused)?;
+            String::from_utf8(bytes)
+                .map_err(|_| PullError::Refused(format!("{file:?} is not UTF-8")))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned()
+        }
+        Some(Source::Env { env }) => std::env::var(env)
+            .map_err(|_| PullError::Refused(format!("environment variable {env} is not set")))?,
+        None => String::new(),
+    };
+    Ok(RegistryAuth::Basic(username.clone(), password))
+}
+
+/// Whether an error of the client means the registry was not reached.
+fn classify(error: oci_client::errors::OciDistributionError) -> PullError {
+    use oci_client::errors::OciDistributionError as E;
+    match &error {
+        E::RequestError(e) if e.is_connect() || e.is_timeout() => {
+            PullError::Unreachable(e.to_string())
+        }
+        // The client checks a blob's digest as it streams it in.
+        E::DigestError(e) => PullError::Refused(format!("digest mismatch: {e}")),
+        _ => PullError::Refused(error.to_string()),
+    }
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", crate::integrity::sha256_hex(bytes))
+}
+
+async fn pull(
+    reference: &OciReference,
+    registry: &RegistryConfig,
+    cache: &Path,
+) -> Result<Fetched, PullError> {
+    let client = client(registry)?;
+    let auth = auth(registry)?;
+    let image = reference.client_reference();
+    let (manifest, _) = client
+        .pull_manifest_raw(&image, &auth, &[oci_client::manifest::OCI_IMAGE_MEDIA_TYPE])
+        .await
+        .map_err(classify)?;
+    if manifest.len() > MAX_MANIFEST {
+        return Err(PullError::Refused(format!(
+            "a manifest of {} bytes (at most {MAX_MANIFEST})",
+            manifest.len()
+        )));
+    }
+    // The digest is of the bytes received, whatever the registry says.
+    let manifest_digest = sha256_of(&manifest);
+    if let Some(pinned) = &reference.digest
+        && pinned != &manifest_digest
+    {
+        return Err(PullError::Refused(format!(
+            "digest mismatch: the registry sent a manifest with digest {manifest_digest}, the reference pins {pinned}"
+        )));
+    }
+    let parsed: OciImageManifest = serde_json::from_slice(&manifest)
+        .map_err(|e| PullError::Refused(format!("the manifest does not parse: {e}")))?;
+    let layers: Vec<_> = parsed
+        .layers
+        .iter()
+        .filter(|layer| LAYER_MEDIA_TYPES.contains(&layer.media_type.as_str()))
+        .collect();
+    let [layer] = layers.as_slice() else {
+        return Err(PullError::Refused(format!(
+            "expected one layer of media type {}, found {}",
+            LAYER_MEDIA_TYPES.join(" or "),
+            layers.len()
+        )));
+    };
+    let max = kmsgate_core::files::MAX_COMPONENT;
+    if layer.size < 0 || layer.size as u64 > max {
+        return Err(PullError::Refused(format!(
+            "a component of {} bytes (at most {max})",
+            layer.size
+        )));
+    }
+    let blob = blob_path(cache, &layer.digest)?;
+    if !matches!(std::fs::read(&blob), Ok(bytes) if sha256_of(&bytes) == layer.digest) {
+        let mut bytes = Vec::with_capacity(layer.size as usize);
+        client
+            .pull_blob(&image, *layer, &mut bytes)
+            .await
+            .map_err(classify)?;
+        if sha256_of(&bytes) != layer.digest {
+            return Err(PullError::Refused(format!(
+                "digest mismatch: the component's bytes have digest {}, the manifest says {}",
+                sha256_of(&bytes),
+                layer.digest
+            )));
+        }
+        write_atomically(&blob, &bytes)?;
+    }
+    write_atomically(
+        &ref_path(cache, reference),
+        format!("{manifest_digest} {}\n", layer.digest).as_bytes(),
+    )?;
+    Ok(Fetched {
+        path: blob,
+        manifest_digest,
+        stale: None,
+    })
+}
+
+/// What the cache holds for `reference`: the component it last resolved
+/// to, if its bytes are still intact.
+fn cached(reference: &OciReference, cache: &Path) -> Option<Fetched> {
+    let record = std::fs::read_to_string(ref_path(cache, reference)).ok()?;
+    let (manifest_digest, layer_digest) = record.trim().split_once(' ')?;
+    let blob = blob_path(cache, layer_digest).ok()?;
+    let bytes = std::fs::read(&blob).ok()?;
+    (sha256_of(&bytes) == layer_digest).then(|| Fetched {
+        path: blob,
+        manifest_digest: manifest_digest.to_owned(),
+        stale: None,
+    })
+}
+
+fn blob_path(cache: &Path, digest: &str) -> Result<PathBuf, PullError> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            PullError::Refused(format!("a layer digest {digest:?} that is not sha256"))
+        })?;
+    Ok(cache.join("blobs").join(format!("{hex}.wasm")))
+}
+
+/// The record of what `reference` last resolved to, named by a digest of
+/// its text (a reference has characters a file name should not).
+fn ref_path(cache: &Path, reference: &OciReference) -> PathBuf {
+    cache
+        .join("refs")
+        .join(crate::integrity::sha256_hex(reference.text().as_bytes()))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PullError> {
+    let failed = |e: std::io::Error| PullError::Refused(format!("writing {path:?}: {e}"));
+    let dir = path.parent().expect("cache paths have a parent");
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, bytes).map_err(failed)?;
+    std::fs::rename(&partial, path).map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse_and_bad_ones_are_refused() {
+        let digest = "a".repeat(64);
+        let full = OciReference::parse(&format!(
+            "oci://127.0.0.1:5000/providers/local-aes:v1@sha256:{digest}"
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                full.registry.as_str(),
+                full.repository.as_str(),
+                full.tag.as_deref(),
+                full.digest.clone()
+            ),
+            (
+                "127.0.0.1:5000",
+                "providers/local-aes",
+                Some("v1"),
+                Some(format!("sha256:{digest}"))
+            )
+        );
+        assert_eq!(
+            full.text(),
+            format!("oci://127.0.0.1:5000/providers/local-aes:v1@sha256:{digest}")
+        );
+        let untagged =
+            OciReference::parse(&format!("oci://registry.example/kms@sha256:{digest}")).unwrap();
+        assert_eq!(untagged.tag, None);
+        for bad in [
+            "https://registry.example/kms:v1".to_owned(),
+            "oci://registry.example".to_owned(),
+            "oci://registry.example/kms".to_owned(),
+            "oci://registry.example/Kms:v1".to_owned(),
+            "oci://registry.example/kms:v1@sha256:abc".to_owned(),
+            format!("oci://registry.example/kms:v1@md5:{digest}"),
+        ] {
+            assert!(OciReference::parse(&bad).is_err(), "{bad}");
+        }
+    }
+}
