@@ -224,6 +224,23 @@ impl ProviderSpec {
     }
 }
 
+/// Runs the `kmsgate check` binary on `gateway`'s config: whether it
+/// passed, and what it printed (stdout and stderr).
+pub fn check(gateway: &TestGateway) -> (bool, String) {
+    let (_dir, path) = gateway.write_config();
+    let output = std::process::Command::new(crate::daemon_binary())
+        .args(["--log", "error", "check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("running kmsgate check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// A local-aes key (base64) made from `seed`: tests only.
 pub fn local_aes_key(seed: u8) -> String {
     base64::engine::general_purpose::STANDARD.encode([seed; 32])

@@ -6,10 +6,10 @@
 //! digest is refused unless the operator opts out.
 
 use std::path::Path;
-use std::process::Command;
 
+use kmsgate_integration::gateway::check;
 use kmsgate_integration::registry::{self, Registry};
-use kmsgate_integration::{ProviderSpec, TestGateway, component, daemon_binary};
+use kmsgate_integration::{ProviderSpec, TestGateway, component};
 use kmsgate_proto::v2;
 use toml::Value;
 
@@ -31,22 +31,6 @@ fn gateway(reference: &str, registry: &Value, cache: &Path) -> TestGateway {
             .component_reference(reference)
             .field("registry", registry.clone()),
     )
-}
-
-/// `kmsgate check` on the config: success, and what it printed.
-fn check(gateway: &TestGateway) -> (bool, String) {
-    let (_dir, path) = gateway.write_config();
-    let output = Command::new(daemon_binary())
-        .args(["--log", "error", "check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use kmsgate_integration::gateway::check;
 use kmsgate_integration::requests::{encrypt, status};
 use kmsgate_integration::{OpenBao, ProviderSpec, TestGateway, daemon_binary, wait_until};
 use tonic_health::pb::HealthCheckRequest;
@@ -220,22 +221,6 @@ async fn a_stale_socket_is_recovered_and_a_live_one_is_not_stolen() {
     .await;
     restarted.kill().unwrap();
     restarted.wait().unwrap();
-}
-
-/// `kmsgate check` on a config; (success, stdout and stderr).
-fn check(spec: &TestGateway) -> (bool, String) {
-    let (_dir, path) = spec.write_config();
-    let output = Command::new(daemon_binary())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), all)
 }
 
 #[test]

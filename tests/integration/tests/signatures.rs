@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kmsgate_integration::gateway::check;
 use kmsgate_integration::{ProviderSpec, TestGateway, component, daemon_binary};
 use kmsgate_proto::v2;
 use toml::Value;
@@ -138,22 +139,6 @@ fn gateway(component: &Path, keys: &[&Key], required: bool) -> TestGateway {
 /// Why the daemon refused to start with `gateway`.
 async fn start_error(gateway: TestGateway) -> String {
     gateway.start().await.exit().await.unwrap_err().to_string()
-}
-
-/// `kmsgate check` on the config: success, and what it printed.
-fn check(gateway: &TestGateway) -> (bool, String) {
-    let (_dir, path) = gateway.write_config();
-    let output = Command::new(daemon_binary())
-        .args(["--log", "error", "check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }
 
 #[tokio::test]
