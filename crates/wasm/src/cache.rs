@@ -147,7 +147,7 @@ impl CompileCache {
 
 /// Whether `dir` may hold code the daemon will run (see [`trusted`]).
 /// Created (0700) if missing.
-fn trusted_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn trusted_dir(dir: &Path) -> Result<(), String> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating it: {e}"))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))

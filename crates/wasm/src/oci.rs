@@ -13,7 +13,9 @@
 //!   pinned digest, the component against the manifest's layer digest. A
 //!   mismatch is refused, never retried from the cache.
 //! - Pulled components are kept on disk by their digest, in
-//!   `compile_cache_dir/oci` (same ownership rules as the compile cache),
+//!   `compile_cache_dir/oci`, which must pass the compile cache's
+//!   ownership rules (the daemon's user owns it, nobody else can write to
+//!   it or above it),
 //!   so a registry that is down at start does not stop a provider already
 //!   pulled once: the cached copy serves and the provider is marked stale,
 //!   saying why.
@@ -196,6 +198,9 @@ pub async fn fetch(
             reference.text()
         ));
     }
+    // What is cached here is run: the same rules as for compiled code.
+    crate::cache::trusted_dir(cache)
+        .map_err(|why| format!("{cache:?} cannot hold pulled components: {why}"))?;
     match pull(reference, registry, cache).await {
         Ok(fetched) => Ok(fetched),
         Err(PullError::Refused(why)) => Err(format!("{}: {why}", reference.text())),

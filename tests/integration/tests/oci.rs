@@ -79,6 +79,18 @@ async fn a_pinned_component_pulls_serves_survives_a_registry_outage_and_refuses_
     let (ok, text) = check(&gateway(&reference, &access, &dir.path().join("fresh")));
     assert!(!ok && text.contains("digest mismatch"), "{text}");
 
+    // A cache directory others may write to is not used: what it holds
+    // would be run.
+    let loose = dir.path().join("loose");
+    std::fs::create_dir_all(loose.join("oci")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(loose.join("oci"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, text) = check(&gateway(&reference, &access, &loose));
+    assert!(
+        !ok && text.contains("cannot hold pulled components"),
+        "{text}"
+    );
+
     // Wrong credentials: refused, saying so.
     std::fs::write(&password, "wrong").unwrap();
     let (ok, text) = check(&gateway(&reference, &access, &dir.path().join("other")));
