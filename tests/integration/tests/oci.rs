@@ -85,11 +85,23 @@ async fn a_pinned_component_pulls_serves_survives_a_registry_outage_and_refuses_
     std::fs::create_dir_all(loose.join("oci")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(loose.join("oci"), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let (ok, text) = check(&gateway(&reference, &access, &loose));
+    let running = gateway(&reference, &access, &loose).start().await;
+    let mut client = running.v2().await;
+    let refused = client
+        .decrypt(v2::DecryptRequest {
+            uid: "oci".into(),
+            key_id: "local/k1".into(),
+            ciphertext: b"x".to_vec(),
+            annotations: Default::default(),
+        })
+        .await
+        .unwrap_err();
     assert!(
-        !ok && text.contains("cannot hold pulled components"),
-        "{text}"
+        refused.message().contains("cannot hold pulled components"),
+        "{}",
+        refused.message()
     );
+    running.stop().await.unwrap();
 
     // Wrong credentials: refused, saying so.
     std::fs::write(&password, "wrong").unwrap();

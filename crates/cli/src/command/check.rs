@@ -21,8 +21,17 @@ pub async fn run(
         config: config_path,
     }: Args,
 ) -> anyhow::Result<()> {
-    let config = Config::load(&config_path)?;
-    // No disk cache: a check writes nothing.
+    let mut config = Config::load(&config_path)?;
+    // No disk cache: a check writes nothing of the daemon's. `oci://`
+    // components are pulled into a directory of its own, which goes with
+    // it (a check run as another user must not leave files in the daemon's
+    // cache that the daemon would then refuse).
+    let pulled = tempfile::tempdir()?;
+    for provider in &mut config.providers {
+        if provider.oci_cache.is_some() {
+            provider.oci_cache = Some(pulled.path().join("oci"));
+        }
+    }
     let runtime =
         Runtime::new(None, config.memory_budget_bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut failed = false;
