@@ -15,8 +15,14 @@ use kmsgate_wasm::{Runtime, WasmProvider};
 /// Loads the provider on its own runtime (as the daemon would, with the
 /// daemon's memory budget) and runs the checks; a provider that cannot
 /// load here already failed `start`, so that is one FAIL line.
-pub async fn run(config: &ProviderConfig, memory_budget: usize, calls: usize) -> Vec<Check> {
-    let runtime = match Runtime::new(None, memory_budget) {
+pub async fn run(
+    config: &ProviderConfig,
+    compile_cache: &std::path::Path,
+    memory_budget: usize,
+    calls: usize,
+) -> Vec<Check> {
+    // The daemon's run filled this cache: no second compile.
+    let runtime = match Runtime::new(Some(compile_cache), memory_budget) {
         Ok(runtime) => runtime,
         Err(error) => return vec![fail("direct checks", format!("no runtime: {error:#}"))],
     };

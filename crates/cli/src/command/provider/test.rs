@@ -83,6 +83,12 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
     );
     root.insert("primary".into(), name.clone().into());
     root.insert("status_interval_ms".into(), 1_000.into());
+    // Shared with the direct checks below, so the component compiles once.
+    let cache = dir.path().join("compiled");
+    root.insert(
+        "compile_cache_dir".into(),
+        cache.display().to_string().into(),
+    );
     let (keys, required) = trust(&args)?;
     root.insert("trusted_keys".into(), Value::Array(keys));
     root.insert("require_signature".into(), required.into());
@@ -135,7 +141,8 @@ pub async fn run(args: TestArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     }
     if served {
-        let direct = super::direct::run(&provider_config, memory_budget, args.latency_calls);
+        let direct =
+            super::direct::run(&provider_config, &cache, memory_budget, args.latency_calls);
         report.checks.extend(direct.await);
     }
 
