@@ -79,6 +79,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     healthy: Family<ProviderLabels, Gauge>,
     provider_info: Family<ProviderInfoLabels, Gauge>,
+    stale: Family<ProviderLabels, Gauge>,
     decrypt_batches: Family<ProviderLabels, Counter>,
     decrypt_batch_items: Family<ProviderLabels, Counter>,
     decrypts_abandoned: Family<ProviderLabels, Counter>,
@@ -154,6 +155,12 @@ impl Metrics {
             "provider_healthy",
             "1 when the provider's backend is healthy",
             healthy.clone(),
+        );
+        let stale = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "provider_stale",
+            "1 when an oci:// provider serves the copy pulled before because its registry could not be reached",
+            stale.clone(),
         );
         let provider_info = Family::<ProviderInfoLabels, Gauge>::default();
         registry.register(
@@ -267,6 +274,7 @@ impl Metrics {
             reloads,
             healthy,
             provider_info,
+            stale,
             decrypt_batches,
             decrypt_batch_items,
             decrypts_abandoned,
@@ -424,6 +432,11 @@ impl Metrics {
                 .map(|id| key_id_hash(&provider, &id))
                 .unwrap_or_default();
             let origin = slot.serving().origin;
+            self.stale
+                .get_or_create(&ProviderLabels {
+                    provider: provider.clone(),
+                })
+                .set(i64::from(origin.stale.is_some()));
             let identity = origin.identity.clone().unwrap_or_default();
             self.provider_info
                 .get_or_create(&ProviderInfoLabels {

@@ -24,6 +24,20 @@
 //!   on disk are not watched for an `oci://` component, so nothing pulls
 //!   silently.
 //!
+//! - Signatures are looked up beside the artifact where `cosign sign --key`
+//!   puts them (tag `sha256-<manifest hex>.sig` in the same repository; see
+//!   [`crate::signature::CosignSignature`]) and kept in the cache with it,
+//!   so a stale copy is checked against the signatures pulled with it. A
+//!   provider that names a `signature` file uses that instead.
+//! - What a registry sends is bounded: a whole pull within [`PULL_DEADLINE`]
+//!   (a registry that drips its answer is treated as one that is down), a
+//!   component no larger than its manifest says nor than
+//!   [`kmsgate_core::files::MAX_COMPONENT`], at most [`MAX_SIGNATURES`]
+//!   signatures of [`crate::signature::MAX_COSIGN_PAYLOAD`] bytes each. A
+//!   manifest is checked against [`MAX_MANIFEST`] only once the client has
+//!   read it (`oci-client` has no streaming manifest read); the deadline
+//!   bounds how long that read may go on.
+//!
 //! The signature and pin checks ([`crate::signature`], [`crate::integrity`])
 //! then run on the pulled bytes exactly as on a local file.
 
@@ -36,6 +50,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
+use crate::signature::{COSIGN_PAYLOAD_MEDIA_TYPE, COSIGN_SIGNATURE_ANNOTATION, CosignSignature};
 use crate::spec::Source;
 
 /// The scheme that makes a `component` a registry reference.
@@ -50,8 +65,15 @@ pub const LAYER_MEDIA_TYPES: [&str; 2] = [
 /// The longest a registry may take to answer one request.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The largest manifest read.
-const MAX_MANIFEST: usize = 64 << 10;
+/// The longest a whole pull (manifest, component, signatures) may take
+/// before the registry counts as unreachable.
+pub const PULL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The largest manifest accepted.
+pub const MAX_MANIFEST: usize = 64 << 10;
+
+/// The most signatures read for one artifact.
+pub const MAX_SIGNATURES: usize = 16;
 
 /// How a provider reaches its registry: `[providers.registry]`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -171,6 +193,13 @@ pub struct Fetched {
     pub path: PathBuf,
     /// The manifest's digest.
     pub manifest_digest: String,
+    /// The component layer's digest, from the manifest.
+    pub layer_digest: String,
+    /// The signatures the registry holds for the manifest (pulled with it,
+    /// or kept with the cached copy).
+    pub signatures: Vec<CosignSignature>,
+    /// Where those signatures are looked for, for messages.
+    pub signatures_at: String,
     /// Why the registry could not be asked, when the cached copy serves.
     pub stale: Option<String>,
 }
@@ -201,7 +230,15 @@ pub async fn fetch(
     // What is cached here is run: the same rules as for compiled code.
     crate::cache::trusted_dir(cache)
         .map_err(|why| format!("{cache:?} cannot hold pulled components: {why}"))?;
-    match pull(reference, registry, cache).await {
+    let pulled = tokio::time::timeout(PULL_DEADLINE, pull(reference, registry, cache))
+        .await
+        .unwrap_or_else(|_| {
+            Err(PullError::Unreachable(format!(
+                "no whole answer within {}s",
+                PULL_DEADLINE.as_secs()
+            )))
+        });
+    match pulled {
         Ok(fetched) => Ok(fetched),
         Err(PullError::Refused(why)) => Err(format!("{}: {why}", reference.text())),
         Err(PullError::Unreachable(why)) => match cached(reference, cache) {
@@ -329,11 +366,12 @@ async fn pull(
     }
     let blob = blob_path(cache, &layer.digest)?;
     if !matches!(std::fs::read(&blob), Ok(bytes) if sha256_of(&bytes) == layer.digest) {
-        let mut bytes = Vec::with_capacity(layer.size as usize);
+        let mut bytes = Capped::new(layer.size as usize);
         client
             .pull_blob(&image, *layer, &mut bytes)
             .await
             .map_err(classify)?;
+        let bytes = bytes.into_inner();
         if sha256_of(&bytes) != layer.digest {
             return Err(PullError::Refused(format!(
                 "digest mismatch: the component's bytes have digest {}, the manifest says {}",
@@ -343,15 +381,173 @@ async fn pull(
         }
         write_atomically(&blob, &bytes)?;
     }
+    let signatures = pull_signatures(&client, &auth, reference, &manifest_digest).await?;
+    let kept = serde_json::to_vec(&signatures).expect("signatures serialise");
+    write_atomically(&signatures_path(cache, &manifest_digest)?, &kept)?;
     write_atomically(
         &ref_path(cache, reference),
         format!("{manifest_digest} {}\n", layer.digest).as_bytes(),
     )?;
     Ok(Fetched {
         path: blob,
+        signatures_at: signatures_at(reference, &manifest_digest),
         manifest_digest,
+        layer_digest: layer.digest.clone(),
+        signatures,
         stale: None,
     })
+}
+
+/// Where cosign keeps the signatures of `manifest_digest`: a tag in the
+/// same repository.
+fn signature_tag(manifest_digest: &str) -> String {
+    format!("{}.sig", manifest_digest.replace(':', "-"))
+}
+
+fn signatures_at(reference: &OciReference, manifest_digest: &str) -> String {
+    format!(
+        "{}/{}:{}",
+        reference.registry,
+        reference.repository,
+        signature_tag(manifest_digest)
+    )
+}
+
+/// The cosign signatures the registry holds for `manifest_digest`; none if
+/// it has no signature tag for it.
+async fn pull_signatures(
+    client: &Client,
+    auth: &RegistryAuth,
+    reference: &OciReference,
+    manifest_digest: &str,
+) -> Result<Vec<CosignSignature>, PullError> {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode};
+    let tag = Reference::with_tag(
+        reference.registry.clone(),
+        reference.repository.clone(),
+        signature_tag(manifest_digest),
+    );
+    let accepted = [
+        oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+        oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+    ];
+    let manifest = match client.pull_manifest_raw(&tag, auth, &accepted).await {
+        Ok((manifest, _)) => manifest,
+        Err(E::RegistryError { envelope, .. })
+            if envelope
+                .errors
+                .iter()
+                .any(|e| e.code == OciErrorCode::ManifestUnknown) =>
+        {
+            return Ok(Vec::new());
+        }
+        Err(E::ServerError { code: 404, .. }) => return Ok(Vec::new()),
+        Err(error) => return Err(classify(error)),
+    };
+    let where_ = signatures_at(reference, manifest_digest);
+    if manifest.len() > MAX_MANIFEST {
+        return Err(PullError::Refused(format!(
+            "the signature manifest at {where_} has {} bytes (at most {MAX_MANIFEST})",
+            manifest.len()
+        )));
+    }
+    let parsed: OciImageManifest = serde_json::from_slice(&manifest).map_err(|e| {
+        PullError::Refused(format!(
+            "the signature manifest at {where_} does not parse: {e}"
+        ))
+    })?;
+    let layers: Vec<_> = parsed
+        .layers
+        .iter()
+        .filter(|layer| layer.media_type == COSIGN_PAYLOAD_MEDIA_TYPE)
+        .collect();
+    if layers.len() > MAX_SIGNATURES {
+        return Err(PullError::Refused(format!(
+            "{} signatures at {where_} (at most {MAX_SIGNATURES})",
+            layers.len()
+        )));
+    }
+    let mut signatures = Vec::new();
+    for layer in layers {
+        let Some(signature) = layer
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(COSIGN_SIGNATURE_ANNOTATION))
+        else {
+            continue;
+        };
+        let max = crate::signature::MAX_COSIGN_PAYLOAD;
+        if layer.size < 0 || layer.size as usize > max {
+            return Err(PullError::Refused(format!(
+                "a signature payload of {} bytes at {where_} (at most {max})",
+                layer.size
+            )));
+        }
+        let mut payload = Capped::new(layer.size as usize);
+        client
+            .pull_blob(&tag, layer, &mut payload)
+            .await
+            .map_err(classify)?;
+        use base64::Engine;
+        signatures.push(CosignSignature {
+            payload: base64::engine::general_purpose::STANDARD.encode(payload.into_inner()),
+            signature: signature.clone(),
+        });
+    }
+    Ok(signatures)
+}
+
+/// A buffer for a blob that refuses bytes beyond the size its descriptor
+/// gave: `oci-client` streams a blob into any writer and checks its digest
+/// only at the end, so without this a registry could make the daemon hold
+/// as much as it cared to send.
+struct Capped {
+    bytes: Vec<u8>,
+    max: usize,
+}
+
+impl Capped {
+    fn new(max: usize) -> Capped {
+        Capped {
+            bytes: Vec::with_capacity(max),
+            max,
+        }
+    }
+
+    fn into_inner(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let max = self.max;
+        if self.bytes.len() + buf.len() > max {
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "the registry sent more than the {max} bytes the manifest gives"
+            ))));
+        }
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// What the cache holds for `reference`: the component it last resolved
@@ -361,21 +557,42 @@ fn cached(reference: &OciReference, cache: &Path) -> Option<Fetched> {
     let (manifest_digest, layer_digest) = record.trim().split_once(' ')?;
     let blob = blob_path(cache, layer_digest).ok()?;
     let bytes = std::fs::read(&blob).ok()?;
-    (sha256_of(&bytes) == layer_digest).then(|| Fetched {
+    if sha256_of(&bytes) != layer_digest {
+        return None;
+    }
+    // Signatures are checked again when the copy is loaded; a record that
+    // does not read is treated as none (and a required signature refuses).
+    let signatures = std::fs::read(signatures_path(cache, manifest_digest).ok()?)
+        .ok()
+        .and_then(|kept| serde_json::from_slice(&kept).ok())
+        .unwrap_or_default();
+    Some(Fetched {
         path: blob,
         manifest_digest: manifest_digest.to_owned(),
+        layer_digest: layer_digest.to_owned(),
+        signatures,
+        signatures_at: signatures_at(reference, manifest_digest),
         stale: None,
     })
 }
 
+/// The signatures kept with the manifest `digest`.
+fn signatures_path(cache: &Path, digest: &str) -> Result<PathBuf, PullError> {
+    let hex = sha256_hex_of(digest)?;
+    Ok(cache.join("signatures").join(format!("{hex}.json")))
+}
+
 fn blob_path(cache: &Path, digest: &str) -> Result<PathBuf, PullError> {
-    let hex = digest
+    let hex = sha256_hex_of(digest)?;
+    Ok(cache.join("blobs").join(format!("{hex}.wasm")))
+}
+
+/// The hex of a `sha256:` digest; anything else is refused (it names files).
+fn sha256_hex_of(digest: &str) -> Result<&str, PullError> {
+    digest
         .strip_prefix("sha256:")
         .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| {
-            PullError::Refused(format!("a layer digest {digest:?} that is not sha256"))
-        })?;
-    Ok(cache.join("blobs").join(format!("{hex}.wasm")))
+        .ok_or_else(|| PullError::Refused(format!("a digest {digest:?} that is not sha256")))
 }
 
 /// The record of what `reference` last resolved to, named by a digest of

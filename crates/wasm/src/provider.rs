@@ -256,24 +256,26 @@ impl Prepared {
             }
             None => None,
         };
-        let mut prepared =
-            kmsgate_core::files::off_runtime(&format!("provider {}", config.name), move || {
-                Prepared::read(&owned)
-            })
-            .await
-            // Timed out: the files may be readable later.
-            .map_err(|why| LoadError::retryable(config, why))??;
-        if let Some((reference, fetched)) = fetched {
-            prepared.origin.component = PathBuf::from(reference.text());
-            prepared.origin.stale = fetched.stale;
-        }
-        Ok(prepared)
+        kmsgate_core::files::off_runtime(&format!("provider {}", config.name), move || {
+            let pulled = fetched
+                .as_ref()
+                .map(|(reference, fetched)| (reference, fetched));
+            Prepared::read(&owned, pulled)
+        })
+        .await
+        // Timed out: the files may be readable later.
+        .map_err(|why| LoadError::retryable(config, why))?
     }
 
-    /// Reads the component (checking its pin), resolves settings and
-    /// secrets, and reads the TLS files. Blocking: see
+    /// Reads the component (checking its pin and signature), resolves
+    /// settings and secrets, and reads the TLS files. `pulled` is what
+    /// [`crate::oci::fetch`] found for an `oci://` component, whose bytes
+    /// are then at `config.component`. Blocking: see
     /// [`Prepared::read_off_runtime`].
-    pub fn read(config: &ProviderConfig) -> Result<Prepared, LoadError> {
+    fn read(
+        config: &ProviderConfig,
+        pulled: Option<(&crate::oci::OciReference, &crate::oci::Fetched)>,
+    ) -> Result<Prepared, LoadError> {
         let fail = |reason: String| LoadError::fatal(config, reason);
         let bytes = kmsgate_core::files::read_bounded(
             &config.component,
@@ -284,11 +286,35 @@ impl Prepared {
         // The signature is over these bytes, the ones compiled (or looked up
         // in the compile cache by their digest) below: nothing unverified
         // reaches the compiler or the cache.
-        let signature_path = config.signature_path();
-        let signature = read_signature(&signature_path).map_err(fail)?;
-        let signed_by = config
-            .policy
-            .check(&bytes, signature.as_deref(), &signature_path)
+        let (signed_by, signature) = match pulled {
+            // Signed in the registry: over the manifest, which names these
+            // bytes by digest. A `signature` file named in the config wins.
+            Some((_, fetched)) if config.signature.is_none() => {
+                if format!("sha256:{sha256}") != fetched.layer_digest {
+                    return Err(fail(format!(
+                        "the pulled component changed on disk: digest sha256:{sha256}, the manifest says {}",
+                        fetched.layer_digest
+                    )));
+                }
+                let signed_by = config.policy.check_cosign(
+                    &fetched.manifest_digest,
+                    &fetched.signatures,
+                    &fetched.signatures_at,
+                );
+                let evidence = serde_json::to_vec(&fetched.signatures)
+                    .map_err(|e| fail(format!("signatures: {e}")))?;
+                (signed_by, Some(evidence))
+            }
+            _ => {
+                let signature_path = config.signature_path();
+                let signature = read_signature(&signature_path).map_err(fail)?;
+                let signed_by = config
+                    .policy
+                    .check(&bytes, signature.as_deref(), &signature_path);
+                (signed_by, signature)
+            }
+        };
+        let signed_by = signed_by
             .map_err(|why| fail(format!("signature: {why}")))?
             .map(|key| format!("{key:?}"));
         // A setting or secret file may appear or be fixed later (a token
@@ -302,12 +328,15 @@ impl Prepared {
         let fingerprint = fingerprint(&sha256, signature.as_deref(), config, &settings, &secrets)
             .map_err(fail)?;
         let origin = Origin {
-            component: config.component.clone(),
+            component: match pulled {
+                Some((reference, _)) => PathBuf::from(reference.text()),
+                None => config.component.clone(),
+            },
             sha256,
             fingerprint,
             identity: crate::identity::Identity::read(&bytes),
             signed_by,
-            stale: None,
+            stale: pulled.and_then(|(_, fetched)| fetched.stale.clone()),
         };
         Ok(Prepared {
             bytes,

@@ -132,20 +132,12 @@ impl Policy {
         signature: Option<&[u8]>,
         signature_path: &std::path::Path,
     ) -> Result<Option<TrustedKey>, String> {
-        if self.keys.is_empty() {
-            return match self.required {
-                true => Err("a signature is required, but no key is trusted (trusted_keys)".into()),
-                false => Ok(None),
-            };
-        }
         let Some(signature) = signature else {
-            return match self.required {
-                true => Err(format!(
-                    "unsigned: a signature is required and there is none at {signature_path:?}"
-                )),
-                false => Ok(None),
-            };
+            return self.unsigned(&format!("there is none at {signature_path:?}"));
         };
+        if self.keys.is_empty() {
+            return self.unsigned("no key is trusted");
+        }
         let decoded = decode_signature(signature);
         for key in self.keys.iter() {
             if decoded
@@ -155,12 +147,146 @@ impl Policy {
                 return Ok(Some(key.clone()));
             }
         }
-        let names: Vec<&str> = self.keys.iter().map(|k| k.name.as_str()).collect();
         Err(format!(
             "the signature at {signature_path:?} is not by a trusted key over this component (trusted: {}): a wrong key, another component's signature, a damaged signature or a changed component",
-            names.join(", ")
+            self.key_names()
         ))
     }
+
+    /// Checks the signatures a registry holds for an artifact (see
+    /// [`CosignSignature`]) against the artifact's manifest digest: one by a
+    /// trusted key whose payload names `manifest_digest` is enough. As with
+    /// a file, signatures that are there but none by a trusted key over
+    /// this manifest are refused even where none is required. `location`
+    /// names where they were found, for messages.
+    pub fn check_cosign(
+        &self,
+        manifest_digest: &str,
+        signatures: &[CosignSignature],
+        location: &str,
+    ) -> Result<Option<TrustedKey>, String> {
+        if signatures.is_empty() {
+            return self.unsigned(&format!("the registry holds none at {location}"));
+        }
+        if self.keys.is_empty() {
+            return self.unsigned("no key is trusted");
+        }
+        let mut misnamed = false;
+        for key in self.keys.iter() {
+            for signature in signatures {
+                match signature.verify(key, manifest_digest) {
+                    Ok(()) => return Ok(Some(key.clone())),
+                    Err(CosignMismatch::Payload) => misnamed = true,
+                    Err(CosignMismatch::Signature) => {}
+                }
+            }
+        }
+        Err(match misnamed {
+            true => format!(
+                "the signatures at {location} are by a trusted key but name another artifact, not manifest {manifest_digest}"
+            ),
+            false => format!(
+                "none of the {} signature(s) at {location} is by a trusted key (trusted: {})",
+                signatures.len(),
+                self.key_names()
+            ),
+        })
+    }
+
+    /// The outcome for a component with no signature to check (`why`).
+    fn unsigned(&self, why: &str) -> Result<Option<TrustedKey>, String> {
+        match (self.required, self.keys.is_empty()) {
+            (false, _) => Ok(None),
+            (true, true) => {
+                Err("a signature is required, but no key is trusted (trusted_keys)".into())
+            }
+            (true, false) => Err(format!("unsigned: a signature is required and {why}")),
+        }
+    }
+
+    fn key_names(&self) -> String {
+        let names: Vec<&str> = self.keys.iter().map(|k| k.name.as_str()).collect();
+        names.join(", ")
+    }
+}
+
+/// A signature as `cosign sign --key` stores it in a registry beside the
+/// artifact it signs (cosign's signature specification): in the same
+/// repository, under tag `sha256-<manifest hex>.sig`, a manifest whose
+/// layers are `application/vnd.dev.cosign.simplesigning.v1+json` payloads,
+/// each carrying its base64 signature in annotation
+/// `dev.cosignproject.cosign/signature`. The payload is a "simple signing"
+/// JSON document that names the signed manifest by digest
+/// (`critical.image.docker-manifest-digest`); the manifest names the
+/// component's layer by digest, and the component's bytes are checked
+/// against that. So the signature covers the exact bytes compiled, through
+/// two digests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CosignSignature {
+    /// The signed payload, base64 (as it is kept in the pull cache).
+    pub payload: String,
+    /// The signature over the payload's bytes, base64.
+    pub signature: String,
+}
+
+/// The payload layer's media type.
+pub const COSIGN_PAYLOAD_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The layer annotation that holds the signature.
+pub const COSIGN_SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The largest payload read: a simple-signing document is ~250 bytes plus
+/// whatever optional claims the signer added.
+pub const MAX_COSIGN_PAYLOAD: usize = 16 * 1024;
+
+/// Why a cosign signature does not vouch for a manifest.
+#[derive(Debug, PartialEq, Eq)]
+enum CosignMismatch {
+    /// Not a signature by this key over the payload.
+    Signature,
+    /// Signed, but the payload is not a cosign signature of this manifest.
+    Payload,
+}
+
+impl CosignSignature {
+    fn verify(&self, key: &TrustedKey, manifest_digest: &str) -> Result<(), CosignMismatch> {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let (Ok(payload), Ok(signature)) = (
+            engine.decode(&self.payload),
+            engine.decode(self.signature.trim()),
+        ) else {
+            return Err(CosignMismatch::Signature);
+        };
+        if !key.verifies(&payload, &signature) {
+            return Err(CosignMismatch::Signature);
+        }
+        // Only a payload whose signature verified is parsed.
+        match signed_manifest(&payload).as_deref() == Some(manifest_digest) {
+            true => Ok(()),
+            false => Err(CosignMismatch::Payload),
+        }
+    }
+}
+
+/// The manifest digest a simple-signing payload names, if it is a cosign
+/// image signature. Keys are matched without regard to case, as cosign's
+/// own reader (Go's `encoding/json`) does, so the specification's
+/// `Docker-manifest-digest` example reads too.
+fn signed_manifest(payload: &[u8]) -> Option<String> {
+    use serde_json::Value;
+    fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
+        value
+            .as_object()?
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    }
+    let document: Value = serde_json::from_slice(payload).ok()?;
+    let critical = field(&document, "critical")?;
+    if field(critical, "type")?.as_str()? != "cosign container image signature" {
+        return None;
+    }
+    let image = field(critical, "image")?;
+    Some(field(image, "docker-manifest-digest")?.as_str()?.to_owned())
 }
 
 /// The signature as bytes, in the forms tools write it: base64 text
@@ -346,6 +472,77 @@ mod tests {
             policy(Vec::new(), true)
                 .check(component, None, path)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn cosign_signatures_vouch_only_for_the_manifest_their_payload_names() {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let signer =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+                .unwrap();
+        let der = spki_der(
+            &[ID_EC_PUBLIC_KEY, PRIME256V1].concat(),
+            signer.public_key().as_ref(),
+        );
+        let key = TrustedKey::parse("release", &pem(&der)).unwrap();
+        let manifest = format!("sha256:{}", "ab".repeat(32));
+        let other = format!("sha256:{}", "cd".repeat(32));
+        let sign = |payload: &str| CosignSignature {
+            payload: b64(payload.as_bytes()),
+            signature: b64(signer.sign(&rng, payload.as_bytes()).unwrap().as_ref()),
+        };
+        let payload = |digest: &str, kind: &str| {
+            format!(
+                r#"{{"critical":{{"identity":{{"docker-reference":"r/p"}},"image":{{"Docker-manifest-digest":"{digest}"}},"type":"{kind}"}},"optional":null}}"#
+            )
+        };
+        let good = sign(&payload(&manifest, "cosign container image signature"));
+        let trusted = policy(vec![key.clone()], true);
+        let at = "r/p:sha256-ab.sig";
+        assert_eq!(
+            trusted
+                .check_cosign(&manifest, std::slice::from_ref(&good), at)
+                .unwrap()
+                .unwrap()
+                .name,
+            "release"
+        );
+        // Signed by the trusted key, but over another manifest, or not a
+        // cosign image signature at all.
+        for wrong in [
+            sign(&payload(&other, "cosign container image signature")),
+            sign(&payload(&manifest, "something else")),
+            sign("not json"),
+        ] {
+            let refused = trusted.check_cosign(&manifest, &[wrong], at).unwrap_err();
+            assert!(refused.contains("name another artifact"), "{refused}");
+        }
+        // A signature moved onto another payload, or damaged.
+        let moved = CosignSignature {
+            payload: sign(&payload(&other, "cosign container image signature")).payload,
+            signature: good.signature.clone(),
+        };
+        let damaged = CosignSignature {
+            signature: good.signature[..good.signature.len() - 8].to_owned(),
+            ..good.clone()
+        };
+        for wrong in [moved, damaged] {
+            let refused = trusted.check_cosign(&manifest, &[wrong], at).unwrap_err();
+            assert!(refused.contains("trusted: release"), "{refused}");
+        }
+        // One good signature among others is enough; none, and one is
+        // required, is refused; none where none is required is unsigned.
+        let noise = sign(&payload(&other, "cosign container image signature"));
+        assert!(trusted.check_cosign(&manifest, &[noise, good], at).is_ok());
+        let none = trusted.check_cosign(&manifest, &[], at).unwrap_err();
+        assert!(none.contains("unsigned") && none.contains(at), "{none}");
+        assert_eq!(
+            policy(vec![key], false).check_cosign(&manifest, &[], at),
+            Ok(None)
         );
     }
 

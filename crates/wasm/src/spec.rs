@@ -51,8 +51,10 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub sha256: Option<String>,
     /// The component's detached signature; default: the component's path
-    /// with `.sig` appended (`acme.wasm.sig`). Checked against the daemon's
-    /// `trusted_keys` when any are configured.
+    /// with `.sig` appended (`acme.wasm.sig`), or, for an `oci://`
+    /// component, the signatures the registry holds beside it (see
+    /// [`crate::oci`]). Checked against the daemon's `trusted_keys` when any
+    /// are configured.
     #[serde(default)]
     pub signature: Option<PathBuf>,
     /// Whether the component must be signed by a trusted key; default: the

@@ -17,6 +17,7 @@ pub mod openbao;
 pub mod proxy;
 pub mod registry;
 pub mod requests;
+pub mod signing;
 pub mod vault_auth;
 
 use std::path::PathBuf;

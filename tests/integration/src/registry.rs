@@ -84,12 +84,55 @@ impl Registry {
         }
     }
 
-    /// Pushes `component` as `repository:tag` with ORAS; returns the
+    /// Pushes `component` as `repository:tag` with ORAS, laid out as the
+    /// Bytecode Alliance's tools lay a component out; returns the
     /// manifest's digest.
     pub fn push(&self, repository: &str, tag: &str, component: &Path) -> String {
+        self.push_artifact(
+            &format!("{repository}:{tag}"),
+            &[(component, "application/wasm", serde_json::json!({}))],
+            "application/vnd.wasm.config.v0+json",
+            serde_json::json!({"architecture": "wasm", "os": "wasip2"}),
+        )
+    }
+
+    /// Pushes a signature as `cosign sign --key` stores it: `payload` (a
+    /// simple-signing document) as a layer of cosign's payload type,
+    /// `signature` (base64) in its annotation, under the tag
+    /// `sha256-<hex>.sig` of the signed manifest `digest`.
+    pub fn push_cosign_signature(
+        &self,
+        repository: &str,
+        digest: &str,
+        payload: &Path,
+        signature: &str,
+    ) {
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        self.push_artifact(
+            &format!("{repository}:{tag}"),
+            &[(
+                payload,
+                "application/vnd.dev.cosign.simplesigning.v1+json",
+                serde_json::json!({"dev.cosignproject.cosign/signature": signature}),
+            )],
+            "application/vnd.oci.image.config.v1+json",
+            serde_json::json!({}),
+        );
+    }
+
+    /// Pushes `layers` (file, media type, annotations) and a config as
+    /// `target` (`repository:tag`) with ORAS; returns the manifest digest.
+    pub fn push_artifact(
+        &self,
+        target: &str,
+        layers: &[(&Path, &str, serde_json::Value)],
+        config_media_type: &str,
+        config: serde_json::Value,
+    ) -> String {
         let script = r#"
 import json, os, sys, tempfile, oras.client
-address, target, component, ca, user, password = sys.argv[1:]
+address, target, ca, user, password, spec = sys.argv[1:]
+spec = json.loads(spec)
 client = oras.client.OrasClient(hostname=address, auth_backend="basic", tls_verify=ca)
 with tempfile.TemporaryDirectory() as work:
     # Its own credentials file: tests push in parallel.
@@ -97,22 +140,36 @@ with tempfile.TemporaryDirectory() as work:
                  config_path=os.path.join(work, "docker-config.json"))
     config = os.path.join(work, "config.json")
     with open(config, "w") as f:
-        json.dump({"architecture": "wasm", "os": "wasip2"}, f)
-    response = client.push(target=target, files=[f"{component}:application/wasm"],
-                           manifest_config=f"{config}:application/vnd.wasm.config.v0+json",
+        json.dump(spec["config"], f)
+    annotations = os.path.join(work, "annotations.json")
+    with open(annotations, "w") as f:
+        json.dump({layer["file"]: layer["annotations"] for layer in spec["layers"]}, f)
+    response = client.push(target=target,
+                           files=[f"{layer['file']}:{layer['media_type']}" for layer in spec["layers"]],
+                           manifest_config=f"{config}:{spec['config_media_type']}",
+                           annotation_file=annotations,
                            disable_path_validation=True)
 print(response.headers["Docker-Content-Digest"])
 "#;
+        let spec = serde_json::json!({
+            "layers": layers.iter().map(|(file, media_type, annotations)| serde_json::json!({
+                "file": file.display().to_string(),
+                "media_type": media_type,
+                "annotations": annotations,
+            })).collect::<Vec<_>>(),
+            "config_media_type": config_media_type,
+            "config": config,
+        });
         let output = Command::new("python3")
             .arg("-c")
             .arg(script)
             .args([
                 &self.address,
-                &format!("{}/{repository}:{tag}", self.address),
-                &component.display().to_string(),
+                &format!("{}/{target}", self.address),
                 &self.ca.display().to_string(),
                 USERNAME,
                 PASSWORD,
+                &spec.to_string(),
             ])
             .output()
             .expect("python3 with oras (scripts/setup)");

@@ -3,12 +3,16 @@
 //! a pinned component pulls and serves; a tampered blob in the registry's
 //! storage is a digest mismatch and is refused; a registry down at start
 //! leaves the cached copy serving, marked stale; a reference without a
-//! digest is refused unless the operator opts out.
+//! digest is refused unless the operator opts out; signatures stored in
+//! the registry as `cosign sign --key` stores them (made here with
+//! `openssl`) are found and checked, and a wrong one is refused; a registry
+//! that sends more than the manifest says is cut off.
 
 use std::path::Path;
 
 use kmsgate_integration::gateway::check;
 use kmsgate_integration::registry::{self, Registry};
+use kmsgate_integration::signing::{Key, Kind, cosign_payload};
 use kmsgate_integration::{ProviderSpec, TestGateway, component};
 use kmsgate_proto::v2;
 use toml::Value;
@@ -53,13 +57,28 @@ async fn a_pinned_component_pulls_serves_survives_a_registry_outage_and_refuses_
     assert_eq!(info.stale, "");
     running.stop().await.unwrap();
 
-    // The registry down at start: the cached copy serves, marked stale.
+    // The registry down at start: the cached copy serves, marked stale in
+    // the view and in the metrics.
     registry.stop();
-    let running = gateway(&reference, &access, &cache).start().await;
+    let running = gateway(&reference, &access, &cache)
+        .admin_http()
+        .start()
+        .await;
     let mut client = running.v2().await;
     client.status(v2::StatusRequest {}).await.unwrap();
     let info = running.provider("local").await;
     assert!(info.stale.contains("could not be reached"), "{info:?}");
+    let admin = running.admin_url.clone().unwrap();
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"kmsgate_provider_stale{provider="local"} 1"#),
+        "{metrics}"
+    );
     running.stop().await.unwrap();
     // Without a cached copy there is nothing to serve.
     let (ok, text) = check(&gateway(&reference, &access, &dir.path().join("empty")));
@@ -130,4 +149,162 @@ async fn a_reference_without_a_digest_is_refused_unless_the_operator_opts_out() 
         &cache,
     ));
     assert!(ok, "{text}");
+}
+
+/// `gateway`, trusting `keys` and requiring a signature.
+fn signed_gateway(reference: &str, registry: &Value, cache: &Path, keys: &[&Key]) -> TestGateway {
+    gateway(reference, registry, cache)
+        .top_value(
+            "trusted_keys",
+            Value::Array(keys.iter().map(|k| k.trusted()).collect()),
+        )
+        .top_value("require_signature", Value::Boolean(true))
+}
+
+#[tokio::test]
+async fn signatures_beside_the_artifact_are_checked_and_kept_with_the_cached_copy() {
+    let mut registry = Registry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("registry-password");
+    std::fs::write(&password, registry::PASSWORD).unwrap();
+    let access = registry_table(&registry, &password, false);
+    let release = Key::new(dir.path(), "release", Kind::Ecdsa);
+    let stranger = Key::new(dir.path(), "stranger", Kind::Ecdsa);
+    let repository = "providers/signed";
+    let digest = registry.push(repository, "v1", &component("local_aes"));
+    let reference = format!("oci://{}/{repository}:v1@{digest}", registry.address);
+    let cache = dir.path().join("cache");
+    let payload_for = |name: &str, digest: &str| {
+        cosign_payload(
+            &dir.path().join(format!("{name}.json")),
+            &format!("{}/{repository}", registry.address),
+            digest,
+        )
+    };
+
+    // Not signed yet, and a signature is required: refused, naming where
+    // the signature was looked for.
+    let (ok, text) = check(&signed_gateway(&reference, &access, &cache, &[&release]));
+    assert!(
+        !ok && text.contains("unsigned") && text.contains(".sig"),
+        "{text}"
+    );
+
+    // Signed by a key nobody trusts: refused.
+    let payload = payload_for("payload", &digest);
+    registry.push_cosign_signature(
+        repository,
+        &digest,
+        &payload,
+        &stranger.sign_base64(&payload),
+    );
+    let (ok, text) = check(&signed_gateway(&reference, &access, &cache, &[&release]));
+    assert!(!ok && text.contains("trusted: release"), "{text}");
+
+    // Signed by the trusted key, but over another artifact's manifest
+    // (moved here from elsewhere): refused.
+    let other = registry.push("providers/other", "v1", &component("fixture_trapping"));
+    let elsewhere = payload_for("elsewhere", &other);
+    registry.push_cosign_signature(
+        repository,
+        &digest,
+        &elsewhere,
+        &release.sign_base64(&elsewhere),
+    );
+    let (ok, text) = check(&signed_gateway(&reference, &access, &cache, &[&release]));
+    assert!(!ok && text.contains("name another artifact"), "{text}");
+
+    // The trusted key's signature of this manifest: serves, and the view
+    // names the key.
+    registry.push_cosign_signature(
+        repository,
+        &digest,
+        &payload,
+        &release.sign_base64(&payload),
+    );
+    let running = signed_gateway(&reference, &access, &cache, &[&release])
+        .start()
+        .await;
+    running
+        .v2()
+        .await
+        .status(v2::StatusRequest {})
+        .await
+        .unwrap();
+    let info = running.provider("local").await;
+    assert!(info.signed_by.starts_with("release"), "{info:?}");
+    running.stop().await.unwrap();
+
+    // The registry down: the cached copy serves, checked against the
+    // signatures pulled with it.
+    registry.stop();
+    let running = signed_gateway(&reference, &access, &cache, &[&release])
+        .start()
+        .await;
+    running
+        .v2()
+        .await
+        .status(v2::StatusRequest {})
+        .await
+        .unwrap();
+    let info = running.provider("local").await;
+    assert!(
+        info.signed_by.starts_with("release") && info.stale.contains("could not be reached"),
+        "{info:?}"
+    );
+    running.stop().await.unwrap();
+    // ... and a trust list without that key refuses the cached copy too
+    // (a start: `kmsgate check` pulls into a directory of its own).
+    let refused = signed_gateway(&reference, &access, &cache, &[&stranger])
+        .start()
+        .await
+        .exit()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("trusted: stranger"), "{refused}");
+    registry.start_again().await;
+
+    // A local signature file, where the config names one, is used instead.
+    let local = dir.path().join("local.sig");
+    let component_copy = dir.path().join("local_aes.wasm");
+    std::fs::copy(component("local_aes"), &component_copy).unwrap();
+    stranger.sign(&component_copy, &local);
+    let with_file = TestGateway::new()
+        .compile_cache_dir(&cache)
+        .top_value("trusted_keys", Value::Array(vec![stranger.trusted()]))
+        .top_value("require_signature", Value::Boolean(true))
+        .with_provider(
+            ProviderSpec::local_aes("local", "k1", 1)
+                .component_reference(&reference)
+                .field("registry", access.clone())
+                .field("signature", local.display().to_string().into()),
+        );
+    let (ok, text) = check(&with_file);
+    assert!(ok, "{text}");
+}
+
+#[tokio::test]
+async fn a_registry_that_sends_more_than_the_manifest_says_is_cut_off() {
+    let registry = Registry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("registry-password");
+    std::fs::write(&password, registry::PASSWORD).unwrap();
+    let access = registry_table(&registry, &password, false);
+    let digest = registry.push("providers/long", "v1", &component("local_aes"));
+    let reference = format!("oci://{}/providers/long:v1@{digest}", registry.address);
+    // The component's blob in the registry's storage grows by 8 MiB; the
+    // manifest still gives its old size.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(registry.blob_file(&digest)).unwrap()).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let blob = registry.blob_file(&layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes.extend(std::iter::repeat_n(0u8, 8 << 20));
+    std::fs::write(&blob, bytes).unwrap();
+    let (ok, text) = check(&gateway(&reference, &access, &dir.path().join("cache")));
+    assert!(
+        !ok && text.contains("more than the") && text.contains("bytes the manifest gives"),
+        "{text}"
+    );
 }

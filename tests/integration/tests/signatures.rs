@@ -14,99 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kmsgate_integration::gateway::check;
+use kmsgate_integration::signing::{Key, Kind};
 use kmsgate_integration::{ProviderSpec, TestGateway, component, daemon_binary};
 use kmsgate_proto::v2;
 use toml::Value;
-
-/// Runs openssl; fails the test with its stderr if it fails.
-fn openssl(args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl is installed (scripts/setup)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    /// ECDSA P-256, the signature base64 of its DER, as `cosign sign-blob
-    /// --key` writes it.
-    Ecdsa,
-    /// Ed25519 over the whole file, binary, as `openssl pkeyutl -rawin`
-    /// writes it.
-    Ed25519,
-}
-
-/// A signing key pair in `dir`: `NAME.key` (private) and `NAME.pub`.
-struct Key {
-    name: String,
-    kind: Kind,
-    private: PathBuf,
-    public: PathBuf,
-}
-
-impl Key {
-    fn new(dir: &Path, name: &str, kind: Kind) -> Key {
-        let private = dir.join(format!("{name}.key"));
-        let public = dir.join(format!("{name}.pub"));
-        let (p, q) = (private.to_str().unwrap(), public.to_str().unwrap());
-        match kind {
-            Kind::Ecdsa => {
-                openssl(&[
-                    "ecparam",
-                    "-name",
-                    "prime256v1",
-                    "-genkey",
-                    "-noout",
-                    "-out",
-                    p,
-                ]);
-                openssl(&["ec", "-in", p, "-pubout", "-out", q]);
-            }
-            Kind::Ed25519 => {
-                openssl(&["genpkey", "-algorithm", "ed25519", "-out", p]);
-                openssl(&["pkey", "-in", p, "-pubout", "-out", q]);
-            }
-        }
-        Key {
-            name: name.into(),
-            kind,
-            private,
-            public,
-        }
-    }
-
-    /// Signs `file` into `signature`.
-    fn sign(&self, file: &Path, signature: &Path) {
-        let (k, f, s) = (
-            self.private.to_str().unwrap(),
-            file.to_str().unwrap(),
-            signature.to_str().unwrap(),
-        );
-        match self.kind {
-            Kind::Ecdsa => {
-                let der = format!("{s}.der");
-                openssl(&["dgst", "-sha256", "-sign", k, "-out", &der, f]);
-                openssl(&["base64", "-A", "-in", &der, "-out", s]);
-                std::fs::remove_file(der).unwrap();
-            }
-            Kind::Ed25519 => openssl(&[
-                "pkeyutl", "-sign", "-inkey", k, "-rawin", "-in", f, "-out", s,
-            ]),
-        }
-    }
-
-    fn trusted(&self) -> Value {
-        let mut table = toml::Table::new();
-        table.insert("name".into(), self.name.clone().into());
-        table.insert("file".into(), self.public.display().to_string().into());
-        Value::Table(table)
-    }
-}
 
 /// Copies the built local-aes component to `dir/NAME.wasm`, optionally
 /// made different (a custom section appended).
