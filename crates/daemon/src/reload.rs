@@ -371,12 +371,17 @@ pub enum Checked {
 /// `kmsgate check` for one provider: builds it as a start or a reload does
 /// and, when its backend answers, runs the canary a swap runs (without
 /// samples: no version serves to hand any over), so that `check` and a
-/// swap agree on what may serve.
-pub async fn check(runtime: &Runtime, config: &ProviderConfig) -> Result<Checked, String> {
+/// swap agree on what may serve. Also returns where the loaded version
+/// came from (its digest, signer, registry state), to show.
+pub async fn check(
+    runtime: &Runtime,
+    config: &ProviderConfig,
+) -> Result<(Checked, kmsgate_wasm::Origin), String> {
     let candidate = WasmProvider::load(runtime, config)
         .await
         .map_err(|e| e.reason)?;
-    match candidate.status().await {
+    let origin = candidate.origin().clone();
+    let checked = match candidate.status().await {
         Ok(status) if status.healthy => canary(&config.name, &candidate, &[])
             .await
             .map(Checked::Passed),
@@ -390,7 +395,8 @@ pub async fn check(runtime: &Runtime, config: &ProviderConfig) -> Result<Checked
             Ok(Checked::BackendDown(format!("backend unavailable: {why}")))
         }
         Err(error) => Err(format!("status failed: {error}")),
-    }
+    }?;
+    Ok((checked, origin))
 }
 
 /// Proves `candidate` can take over from a version that produced `samples`.

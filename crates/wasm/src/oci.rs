@@ -241,7 +241,14 @@ pub async fn fetch(
     match pulled {
         Ok(fetched) => Ok(fetched),
         Err(PullError::Refused(why)) => Err(format!("{}: {why}", reference.text())),
-        Err(PullError::Unreachable(why)) => match cached(reference, cache) {
+        Err(PullError::Unreachable(why)) => match off_runtime({
+            let (reference, cache) = (reference.clone(), cache.to_owned());
+            move || cached(&reference, &cache)
+        })
+        .await
+        .ok()
+        .flatten()
+        {
             Some(mut fetched) => {
                 fetched.stale = Some(format!(
                     "the registry could not be reached ({why}); serving the copy pulled before"
@@ -365,7 +372,7 @@ async fn pull(
         )));
     }
     let blob = blob_path(cache, &layer.digest)?;
-    if !matches!(std::fs::read(&blob), Ok(bytes) if sha256_of(&bytes) == layer.digest) {
+    if !holds(&blob, &layer.digest).await {
         let mut bytes = Capped::new(layer.size as usize);
         client
             .pull_blob(&image, *layer, &mut bytes)
@@ -379,15 +386,16 @@ async fn pull(
                 layer.digest
             )));
         }
-        write_atomically(&blob, &bytes)?;
+        write_off_runtime(&blob, bytes).await?;
     }
     let signatures = pull_signatures(&client, &auth, reference, &manifest_digest).await?;
     let kept = serde_json::to_vec(&signatures).expect("signatures serialise");
-    write_atomically(&signatures_path(cache, &manifest_digest)?, &kept)?;
-    write_atomically(
+    write_off_runtime(&signatures_path(cache, &manifest_digest)?, kept).await?;
+    write_off_runtime(
         &ref_path(cache, reference),
-        format!("{manifest_digest} {}\n", layer.digest).as_bytes(),
-    )?;
+        format!("{manifest_digest} {}\n", layer.digest).into_bytes(),
+    )
+    .await?;
     Ok(Fetched {
         path: blob,
         signatures_at: signatures_at(reference, &manifest_digest),
@@ -556,8 +564,7 @@ fn cached(reference: &OciReference, cache: &Path) -> Option<Fetched> {
     let record = std::fs::read_to_string(ref_path(cache, reference)).ok()?;
     let (manifest_digest, layer_digest) = record.trim().split_once(' ')?;
     let blob = blob_path(cache, layer_digest).ok()?;
-    let bytes = std::fs::read(&blob).ok()?;
-    if sha256_of(&bytes) != layer_digest {
+    if !intact(&blob, layer_digest) {
         return None;
     }
     // Signatures are checked again when the copy is loaded; a record that
@@ -601,6 +608,34 @@ fn ref_path(cache: &Path, reference: &OciReference) -> PathBuf {
     cache
         .join("refs")
         .join(crate::integrity::sha256_hex(reference.text().as_bytes()))
+}
+
+/// Cache reads and writes (tens of MB for an interpreter's component) run
+/// on the blocking pool, as a local component's do.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PullError> {
+    kmsgate_core::files::off_runtime("the pulled-components cache", work)
+        .await
+        .map_err(PullError::Refused)
+}
+
+/// Whether `path` holds the bytes of `digest`.
+fn intact(path: &Path, digest: &str) -> bool {
+    kmsgate_core::files::read_bounded(path, kmsgate_core::files::MAX_COMPONENT)
+        .is_ok_and(|bytes| sha256_of(&bytes) == digest)
+}
+
+async fn holds(path: &Path, digest: &str) -> bool {
+    let (path, digest) = (path.to_owned(), digest.to_owned());
+    off_runtime(move || intact(&path, &digest))
+        .await
+        .unwrap_or(false)
+}
+
+async fn write_off_runtime(path: &Path, bytes: Vec<u8>) -> Result<(), PullError> {
+    let path = path.to_owned();
+    off_runtime(move || write_atomically(&path, &bytes)).await?
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PullError> {

@@ -3,7 +3,8 @@
 //! a pinned component pulls and serves; a tampered blob in the registry's
 //! storage is a digest mismatch and is refused; a registry down at start
 //! leaves the cached copy serving, marked stale; a reference without a
-//! digest is refused unless the operator opts out; signatures stored in
+//! digest is refused unless the operator opts out, and then a moved tag is
+//! pulled only on a reload; signatures stored in
 //! the registry as `cosign sign --key` stores them (made here with
 //! `openssl`) are found and checked, and a wrong one is refused; a registry
 //! that sends more than the manifest says is cut off.
@@ -143,12 +144,33 @@ async fn a_reference_without_a_digest_is_refused_unless_the_operator_opts_out() 
         &cache,
     ));
     assert!(!ok && text.contains("@sha256"), "{text}");
-    let (ok, text) = check(&gateway(
-        &reference,
-        &registry_table(&registry, &password, true),
-        &cache,
-    ));
+    let unpinned = registry_table(&registry, &password, true);
+    let (ok, text) = check(&gateway(&reference, &unpinned, &cache));
     assert!(ok, "{text}");
+
+    // The tag moves; nothing pulls it until the operator asks.
+    let running = gateway(&reference, &unpinned, &cache)
+        .status_interval_ms(200)
+        .reload_debounce_ms(50)
+        .start()
+        .await;
+    let before = running.provider("local").await.sha256;
+    let newer = dir.path().join("newer.wasm");
+    std::fs::write(
+        &newer,
+        kmsgate_integration::component_version("local_aes", 2),
+    )
+    .unwrap();
+    registry.push("providers/local-aes", "latest", &newer);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(running.provider("local").await.sha256, before);
+    running.reload().await;
+    let after = running.provider("local").await.sha256;
+    assert_eq!(
+        after,
+        kmsgate_wasm::integrity::sha256_hex(&std::fs::read(&newer).unwrap())
+    );
+    running.stop().await.unwrap();
 }
 
 /// `gateway`, trusting `keys` and requiring a signature.
@@ -214,14 +236,16 @@ async fn signatures_beside_the_artifact_are_checked_and_kept_with_the_cached_cop
     let (ok, text) = check(&signed_gateway(&reference, &access, &cache, &[&release]));
     assert!(!ok && text.contains("name another artifact"), "{text}");
 
-    // The trusted key's signature of this manifest: serves, and the view
-    // names the key.
+    // The trusted key's signature of this manifest: `check` and the view
+    // name the key, and it serves.
     registry.push_cosign_signature(
         repository,
         &digest,
         &payload,
         &release.sign_base64(&payload),
     );
+    let (ok, text) = check(&signed_gateway(&reference, &access, &cache, &[&release]));
+    assert!(ok && text.contains("signed by release"), "{text}");
     let running = signed_gateway(&reference, &access, &cache, &[&release])
         .start()
         .await;

@@ -37,24 +37,21 @@ pub async fn run(
     let mut failed = false;
     for provider in &config.providers {
         match reload::check(&runtime, provider).await {
-            Ok(Checked::Passed(health)) => println!(
+            Ok((Checked::Passed(health), origin)) => println!(
                 "ok    {}: key id {:?}, canary passed{}{}",
                 provider.name,
                 health.key_id.unwrap_or_default(),
-                if provider.policy.keys.is_empty() {
-                    String::new()
-                } else {
-                    ", signature checked".to_owned()
-                },
+                provenance(&origin),
                 if health.detail.is_empty() {
                     String::new()
                 } else {
                     format!(" ({})", health.detail)
                 }
             ),
-            Ok(Checked::BackendDown(why)) => println!(
-                "ok    {}: loaded; canary not run, the backend is not healthy: {why}",
-                provider.name
+            Ok((Checked::BackendDown(why), origin)) => println!(
+                "ok    {}: loaded{}; canary not run, the backend is not healthy: {why}",
+                provider.name,
+                provenance(&origin),
             ),
             Err(error) => {
                 failed = true;
@@ -70,4 +67,16 @@ pub async fn run(
         config.providers.len()
     );
     Ok(())
+}
+
+/// Who signed what was loaded, and whether a registry's copy is stale.
+fn provenance(origin: &kmsgate_wasm::Origin) -> String {
+    let mut text = String::new();
+    if let Some(signer) = &origin.signed_by {
+        text.push_str(&format!(", signed by {signer}"));
+    }
+    if let Some(why) = &origin.stale {
+        text.push_str(&format!(", stale: {why}"));
+    }
+    text
 }
