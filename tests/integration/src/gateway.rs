@@ -544,6 +544,15 @@ impl RunningGateway {
             .into_inner()
     }
 
+    /// The text the admin HTTP port serves at `path` (`/metrics`,
+    /// `/providers`); the gateway must have been built with `admin_http`.
+    pub async fn admin_get(&self, path: &str) -> String {
+        let admin = self.admin_url.as_ref().expect("started with admin_http");
+        let response = reqwest::get(format!("{admin}{path}")).await.unwrap();
+        assert!(response.status().is_success(), "GET {path}: {response:?}");
+        response.text().await.unwrap()
+    }
+
     /// The admin view of provider `name`.
     pub async fn provider(&self, name: &str) -> ProviderInfo {
         let view = self

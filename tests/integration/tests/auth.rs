@@ -228,13 +228,7 @@ async fn an_expired_token_is_unhealthy_with_a_clear_detail_until_replaced() {
     assert_eq!(info.credentials[0].state, "failed");
 
     // The metrics say the same: no credential, and how it went.
-    let admin = gateway.admin_url.clone().unwrap();
-    let metrics = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.admin_get("/metrics").await;
     let labels = r#"provider="vault",auth="vault",kind="vault-token""#;
     for line in [
         format!("kmsgate_provider_credential_valid{{{labels}}} 0"),

@@ -351,13 +351,7 @@ async fn the_components_claimed_name_and_version_are_shown() {
         (old.component_name.as_str(), old.component_sdk.as_str()),
         ("", "")
     );
-    let admin = gateway.admin_url.clone().unwrap();
-    let metrics = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.admin_get("/metrics").await;
     assert!(
         metrics
             .lines()
@@ -365,12 +359,7 @@ async fn the_components_claimed_name_and_version_are_shown() {
                 && line.contains(r#"component_name="local-aes""#)),
         "{metrics}"
     );
-    let view = reqwest::get(format!("{admin}/providers"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let view = gateway.admin_get("/providers").await;
     assert!(view.contains(r#""component_name":"local-aes""#), "{view}");
     gateway.stop().await.unwrap();
 }

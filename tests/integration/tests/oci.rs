@@ -15,6 +15,7 @@ use kmsgate_integration::gateway::check;
 use kmsgate_integration::registry::{self, Registry};
 use kmsgate_integration::signing::{Key, Kind, cosign_payload};
 use kmsgate_integration::{ProviderSpec, TestGateway, component};
+use kmsgate_proto::admin::ProviderInfo;
 use kmsgate_proto::v2;
 use toml::Value;
 
@@ -38,6 +39,21 @@ fn gateway(reference: &str, registry: &Value, cache: &Path) -> TestGateway {
     )
 }
 
+/// Starts `gateway`, checks that it answers Status, and returns the view
+/// of its provider `local`.
+async fn serves(gateway: TestGateway) -> ProviderInfo {
+    let running = gateway.start().await;
+    running
+        .v2()
+        .await
+        .status(v2::StatusRequest {})
+        .await
+        .unwrap();
+    let info = running.provider("local").await;
+    running.stop().await.unwrap();
+    info
+}
+
 #[tokio::test]
 async fn a_pinned_component_pulls_serves_survives_a_registry_outage_and_refuses_a_mismatch() {
     let mut registry = Registry::start().await;
@@ -50,13 +66,9 @@ async fn a_pinned_component_pulls_serves_survives_a_registry_outage_and_refuses_
     let cache = dir.path().join("cache");
 
     // Pulled, checked and served; the view names the reference.
-    let running = gateway(&reference, &access, &cache).start().await;
-    let mut client = running.v2().await;
-    client.status(v2::StatusRequest {}).await.unwrap();
-    let info = running.provider("local").await;
+    let info = serves(gateway(&reference, &access, &cache)).await;
     assert_eq!(info.component, reference);
     assert_eq!(info.stale, "");
-    running.stop().await.unwrap();
 
     // The registry down at start: the cached copy serves, marked stale in
     // the view and in the metrics.
@@ -69,13 +81,7 @@ async fn a_pinned_component_pulls_serves_survives_a_registry_outage_and_refuses_
     client.status(v2::StatusRequest {}).await.unwrap();
     let info = running.provider("local").await;
     assert!(info.stale.contains("could not be reached"), "{info:?}");
-    let admin = running.admin_url.clone().unwrap();
-    let metrics = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = running.admin_get("/metrics").await;
     assert!(
         metrics.contains(r#"kmsgate_provider_stale{provider="local"} 1"#),
         "{metrics}"
@@ -246,37 +252,17 @@ async fn signatures_beside_the_artifact_are_checked_and_kept_with_the_cached_cop
     );
     let (ok, text) = check(&signed_gateway(&reference, &access, &cache, &[&release]));
     assert!(ok && text.contains("signed by release"), "{text}");
-    let running = signed_gateway(&reference, &access, &cache, &[&release])
-        .start()
-        .await;
-    running
-        .v2()
-        .await
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap();
-    let info = running.provider("local").await;
+    let info = serves(signed_gateway(&reference, &access, &cache, &[&release])).await;
     assert!(info.signed_by.starts_with("release"), "{info:?}");
-    running.stop().await.unwrap();
 
     // The registry down: the cached copy serves, checked against the
     // signatures pulled with it.
     registry.stop();
-    let running = signed_gateway(&reference, &access, &cache, &[&release])
-        .start()
-        .await;
-    running
-        .v2()
-        .await
-        .status(v2::StatusRequest {})
-        .await
-        .unwrap();
-    let info = running.provider("local").await;
+    let info = serves(signed_gateway(&reference, &access, &cache, &[&release])).await;
     assert!(
         info.signed_by.starts_with("release") && info.stale.contains("could not be reached"),
         "{info:?}"
     );
-    running.stop().await.unwrap();
     // ... and a trust list without that key refuses the cached copy too
     // (a start: `kmsgate check` pulls into a directory of its own).
     let refused = signed_gateway(&reference, &access, &cache, &[&stranger])
