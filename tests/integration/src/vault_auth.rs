@@ -28,12 +28,17 @@ impl OpenBao {
 
     /// A policy that lets a token use Transit (and nothing else).
     pub async fn create_transit_policy(&self) {
+        self.set_transit_policy(r#"path "transit/*" { capabilities = ["read", "update"] }"#)
+            .await;
+    }
+
+    /// Rewrites the policy the test tokens and roles carry to `hcl`; Vault
+    /// applies it at once to tokens already issued.
+    pub async fn set_transit_policy(&self, hcl: &str) {
         self.call(
             reqwest::Method::PUT,
             &format!("sys/policies/acl/{TRANSIT_POLICY}"),
-            Some(json!({
-                "policy": "path \"transit/*\" { capabilities = [\"read\", \"update\"] }"
-            })),
+            Some(json!({ "policy": hcl })),
         )
         .await;
     }

@@ -435,6 +435,73 @@ async fn a_destroyed_secret_id_is_unhealthy_until_its_file_is_fixed() {
     gateway.stop().await.unwrap();
 }
 
+/// A backend that refuses every request with 403 for a policy reason (the
+/// login works, the token may not encrypt): each refusal asks the auth for
+/// a fresh login, but at most one a second, so a flood of calls cannot
+/// turn into a flood of logins against Vault.
+#[tokio::test]
+async fn refusals_under_a_flood_ask_for_at_most_one_login_a_second() {
+    let bao = OpenBao::dev().await;
+    bao.create_transit_policy().await;
+    let role_id = bao.enable_approle().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (role_file, secret_file) = (dir.path().join("role-id"), dir.path().join("secret-id"));
+    write(&role_file, &role_id);
+    write(&secret_file, &bao.new_secret_id().await);
+    let approle = auth_table(
+        "vault-approle",
+        &[
+            ("role_id", file_source(&role_file)),
+            ("secret_id", file_source(&secret_file)),
+        ],
+    );
+    let gateway = TestGateway::new()
+        .with_provider(ProviderSpec::vault_with_auth(
+            "vault",
+            &bao.address,
+            "kube",
+            approle,
+        ))
+        .start()
+        .await;
+    round_trip(&mut gateway.v2().await, b"allowed")
+        .await
+        .unwrap();
+
+    // Status may still read the key; encrypting is refused from now on.
+    bao.set_transit_policy(r#"path "transit/keys/*" { capabilities = ["read"] }"#)
+        .await;
+    let logins_before = credential(&gateway, "vault").await.logins;
+    let flood = Duration::from_secs(3);
+    let until = Instant::now() + flood;
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..8 {
+        let mut client = gateway.v2().await;
+        let refused = refused.clone();
+        callers.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                let status = client.encrypt(encrypt(b"refused")).await.unwrap_err();
+                assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+                refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let refused = refused.load(Ordering::Relaxed);
+    let logins = credential(&gateway, "vault").await.logins - logins_before;
+    // One a second over the flood, one at its start, one in flight.
+    assert!(refused >= 100, "only {refused} refusals: not a flood");
+    assert!(
+        logins <= flood.as_secs() + 2,
+        "{logins} logins for {refused} refusals in {flood:?}"
+    );
+    assert!(logins >= 1, "a refusal asks for a fresh login");
+    gateway.stop().await.unwrap();
+}
+
 /// `header`: a fixed secret with a prefix, here Vault's own token header
 /// without one; and an auth the provider names but the operator did not
 /// configure is a config error, not a crash.
