@@ -40,6 +40,11 @@ use memchr::memmem::Finder;
 /// Encoded forms shorter than this are not searched for.
 const MIN_NEEDLE: usize = 8;
 
+/// A credential shorter than this is warned about when a provider loads:
+/// searched for in every response, it is found there by chance often
+/// enough to withhold answers that never held it.
+pub const SHORT_CREDENTIAL: usize = 16;
+
 /// The credentials of one provider, in every form searched for.
 pub struct LeakDetector {
     /// (credential name, one of its forms).

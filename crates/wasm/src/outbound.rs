@@ -311,6 +311,16 @@ impl OutboundClient {
                 .iter()
                 .map(|(name, grant)| (name.as_str(), grant.value.expose().as_bytes())),
         );
+        for (name, grant) in &settings.secrets {
+            let length = grant.value.expose().len();
+            if length < crate::leak::SHORT_CREDENTIAL {
+                tracing::warn!(
+                    provider = %settings.provider,
+                    "secret {name:?} is only {length} bytes: every response is searched for it, and one that contains it by chance (likelier the shorter it is) is withheld from the provider; use a secret of at least {} bytes",
+                    crate::leak::SHORT_CREDENTIAL
+                );
+            }
+        }
         let auths = crate::auth::Auths::start(
             &settings.auth,
             &crate::auth::AuthContext {

@@ -225,11 +225,12 @@ impl ProviderSpec {
 }
 
 /// Runs the `kmsgate check` binary on `gateway`'s config: whether it
-/// passed, and what it printed (stdout and stderr).
+/// passed, and what it printed (stdout, and warnings and errors logged on
+/// stderr).
 pub fn check(gateway: &TestGateway) -> (bool, String) {
     let (_dir, path) = gateway.write_config();
     let output = std::process::Command::new(crate::daemon_binary())
-        .args(["--log", "error", "check", "--config"])
+        .args(["--log", "warn", "check", "--config"])
         .arg(&path)
         .output()
         .expect("running kmsgate check");

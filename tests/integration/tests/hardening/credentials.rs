@@ -168,3 +168,23 @@ async fn a_credential_goes_only_into_its_own_headers_and_never_comes_back() {
         .unwrap();
     assert!(echoed.contains("x-probe: visible"), "{echoed}");
 }
+
+/// A secret so short that responses contain it by chance: every response
+/// is searched for it and such a response is withheld, so the operator is
+/// told when the provider loads (`kmsgate check` shows the same warning),
+/// with the secret's name and length, never its value.
+#[tokio::test]
+async fn a_short_secret_is_warned_about_by_name() {
+    let short = ProviderSpec::local_aes("local", "k1", 1)
+        .secret("token", "ab12")
+        .allow("http://127.0.0.1:9");
+    let (ok, text) = kmsgate_integration::gateway::check(&TestGateway::new().with_provider(short));
+    assert!(ok, "{text}");
+    assert!(text.contains(r#"secret "token" is only 4 bytes"#), "{text}");
+    assert!(!text.contains("ab12"), "{text}");
+    let long = ProviderSpec::local_aes("local", "k1", 1)
+        .secret("token", "s.0123456789abcdef")
+        .allow("http://127.0.0.1:9");
+    let (ok, text) = kmsgate_integration::gateway::check(&TestGateway::new().with_provider(long));
+    assert!(ok && !text.contains("is only"), "{text}");
+}
