@@ -69,6 +69,19 @@ impl OpenBao {
             .await;
     }
 
+    /// How many tokens that logins at auth mount `mount` issued are still
+    /// valid (their leases).
+    pub async fn live_logins(&self, mount: &str) -> usize {
+        let answer = self
+            .call(
+                reqwest::Method::GET,
+                &format!("sys/leases/lookup/auth/{mount}/login?list=true"),
+                None,
+            )
+            .await;
+        answer["data"]["keys"].as_array().map_or(0, Vec::len)
+    }
+
     /// Revokes every token a login at auth mount `mount` issued.
     pub async fn revoke_logins(&self, mount: &str) {
         self.call(
@@ -82,13 +95,19 @@ impl OpenBao {
     /// Enables AppRole with role `kms` (short token lifetimes); returns its
     /// role id.
     pub async fn enable_approle(&self) -> String {
+        self.enable_approle_lasting(TOKEN_TTL, TOKEN_MAX_TTL).await
+    }
+
+    /// [`OpenBao::enable_approle`], its tokens lasting `ttl` per lease and
+    /// `max_ttl` at most.
+    pub async fn enable_approle_lasting(&self, ttl: &str, max_ttl: &str) -> String {
         self.post("sys/auth/approle", json!({ "type": "approle" }))
             .await;
         self.post(
             "auth/approle/role/kms",
             json!({
-                "token_ttl": TOKEN_TTL,
-                "token_max_ttl": TOKEN_MAX_TTL,
+                "token_ttl": ttl,
+                "token_max_ttl": max_ttl,
                 "token_policies": [TRANSIT_POLICY],
             }),
         )

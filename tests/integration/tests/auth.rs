@@ -435,6 +435,58 @@ async fn a_destroyed_secret_id_is_unhealthy_until_its_file_is_fixed() {
     gateway.stop().await.unwrap();
 }
 
+/// Each provider version logs in for a token of its own; when a swap drops
+/// the old version, its token is revoked instead of staying valid for its
+/// TTL (here an hour).
+#[tokio::test]
+async fn a_swapped_out_version_revokes_the_token_it_logged_in_for() {
+    let bao = OpenBao::dev().await;
+    bao.create_transit_policy().await;
+    let role_id = bao.enable_approle_lasting("1h", "2h").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (role_file, secret_file) = (dir.path().join("role-id"), dir.path().join("secret-id"));
+    write(&role_file, &role_id);
+    write(&secret_file, &bao.new_secret_id().await);
+    let component = dir.path().join("vault_transit.wasm");
+    std::fs::copy(kmsgate_integration::component("vault_transit"), &component).unwrap();
+    let approle = auth_table(
+        "vault-approle",
+        &[
+            ("role_id", file_source(&role_file)),
+            ("secret_id", file_source(&secret_file)),
+        ],
+    );
+    let gateway = TestGateway::new()
+        .with_provider(
+            ProviderSpec::vault_with_auth("vault", &bao.address, "kube", approle)
+                .component_path(&component),
+        )
+        .start()
+        .await;
+    let mut client = gateway.v2().await;
+    let before = sealed(&mut client, b"made before").await;
+    assert_eq!(bao.live_logins("approle").await, 1);
+
+    std::fs::write(
+        &component,
+        kmsgate_integration::component_version("vault_transit", 2),
+    )
+    .unwrap();
+    let generation = gateway.provider("vault").await.generation;
+    gateway.reload().await;
+    assert!(gateway.provider("vault").await.generation > generation);
+    wait_until(
+        "the old version's token to be revoked",
+        Duration::from_secs(10),
+        || async { bao.live_logins("approle").await == 1 },
+    )
+    .await;
+    let opened = client.decrypt(decrypt(&before)).await.unwrap().into_inner();
+    assert_eq!(opened.plaintext, b"made before");
+    round_trip(&mut client, b"after the swap").await.unwrap();
+    gateway.stop().await.unwrap();
+}
+
 /// A backend that refuses every request with 403 for a policy reason (the
 /// login works, the token may not encrypt): each refusal asks the auth for
 /// a fresh login, but at most one a second, so a flood of calls cannot

@@ -533,6 +533,31 @@ async fn step(auth: &Auth, plan: &mut Plan, nudged: bool) {
     }
 }
 
+/// A token the host logged in for belongs to this auth alone (each provider
+/// version starts its own): when the version is dropped (a swap, a
+/// removal, the end of `kmsgate check`), the token is revoked rather than
+/// left valid until its TTL runs out. A given token is the operator's and
+/// is left alone.
+impl Drop for Auth {
+    fn drop(&mut self) {
+        let Method::Vault(vault) = &self.method else {
+            return;
+        };
+        if !vault.can_log_in() {
+            return;
+        }
+        let Some(credential) = self.state.borrow().credential.clone() else {
+            return;
+        };
+        let Credential::Header { secret, .. } = &*credential else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(vault.revoke(secret.clone()));
+        }
+    }
+}
+
 impl Auth {
     /// Whether a fresh login can replace an expiring credential (not so
     /// for a given token, which only the operator can replace).

@@ -135,6 +135,46 @@ impl Vault {
         !matches!(self.login, Login::Token)
     }
 
+    /// Revokes `token`, one this auth logged in for (`revoke-self`), so it
+    /// does not outlive the provider version that held it by its TTL. Best
+    /// effort: the returned task only logs (at debug, never the token) if
+    /// Vault cannot be reached or refuses.
+    pub fn revoke(&self, token: Secret) -> impl Future<Output = ()> + Send + 'static {
+        let client = self
+            .cert_client
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| self.client.clone());
+        let url = self.address.join("v1/auth/token/revoke-self");
+        let namespace = self.namespace.clone();
+        async move {
+            let (Ok(url), Ok(mut value)) =
+                (url, reqwest::header::HeaderValue::from_str(token.expose()))
+            else {
+                return;
+            };
+            value.set_sensitive(true);
+            let mut request = client.post(url).header("x-vault-token", value);
+            if let Some(namespace) = namespace {
+                request = request.header("x-vault-namespace", namespace);
+            }
+            match request.send().await {
+                Ok(answer) if answer.status().is_success() => {
+                    tracing::debug!("revoked the token of a dropped provider version");
+                }
+                Ok(answer) => tracing::debug!(
+                    "revoking the token of a dropped provider version: Vault answered HTTP {}",
+                    answer.status().as_u16()
+                ),
+                Err(error) => tracing::debug!(
+                    "revoking the token of a dropped provider version: {}",
+                    describe(&error)
+                ),
+            }
+        }
+    }
+
     /// Renews `token`, or (without one) logs in or looks up the given
     /// token.
     pub async fn obtain(
