@@ -290,17 +290,7 @@ fn auth(registry: &RegistryConfig) -> Result<RegistryAuth, PullError> {
         return Ok(RegistryAuth::Anonymous);
     };
     let password = match &registry.password {
-        Some(Source::File { file }) => {
-            let bytes =
-                kmsgate_core::files::read_bounded(file, kmsgate_core::files::MAX_SMALL_FILE)
-                    .map_err(PullError::Refused)?;
-            String::from_utf8(bytes)
-                .map_err(|_| PullError::Refused(format!("{file:?} is not UTF-8")))?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned()
-        }
-        Some(Source::Env { env }) => std::env::var(env)
-            .map_err(|_| PullError::Refused(format!("environment variable {env} is not set")))?,
+        Some(source) => source.read().map_err(PullError::Refused)?,
         None => String::new(),
     };
     Ok(RegistryAuth::Basic(username.clone(), password))
@@ -328,19 +318,22 @@ async fn pull(
     registry: &RegistryConfig,
     cache: &Path,
 ) -> Result<Fetched, PullError> {
-    let client = client(registry)?;
-    let auth = auth(registry)?;
+    // The CA and password files are read on the blocking pool, as a
+    // provider's other files are.
+    let (client, auth) = off_runtime({
+        let registry = registry.clone();
+        move || Ok::<_, PullError>((client(&registry)?, auth(&registry)?))
+    })
+    .await??;
     let image = reference.client_reference();
-    let (manifest, _) = client
-        .pull_manifest_raw(&image, &auth, &[oci_client::manifest::OCI_IMAGE_MEDIA_TYPE])
-        .await
-        .map_err(classify)?;
-    if manifest.len() > MAX_MANIFEST {
-        return Err(PullError::Refused(format!(
-            "a manifest of {} bytes (at most {MAX_MANIFEST})",
-            manifest.len()
-        )));
-    }
+    let (manifest, parsed) = pull_manifest(
+        &client,
+        &auth,
+        &image,
+        &[oci_client::manifest::OCI_IMAGE_MEDIA_TYPE],
+        "the manifest",
+    )
+    .await?;
     // The digest is of the bytes received, whatever the registry says.
     let manifest_digest = sha256_of(&manifest);
     if let Some(pinned) = &reference.digest
@@ -350,8 +343,6 @@ async fn pull(
             "digest mismatch: the registry sent a manifest with digest {manifest_digest}, the reference pins {pinned}"
         )));
     }
-    let parsed: OciImageManifest = serde_json::from_slice(&manifest)
-        .map_err(|e| PullError::Refused(format!("the manifest does not parse: {e}")))?;
     let layers: Vec<_> = parsed
         .layers
         .iter()
@@ -364,28 +355,10 @@ async fn pull(
             layers.len()
         )));
     };
-    let max = kmsgate_core::files::MAX_COMPONENT;
-    if layer.size < 0 || layer.size as u64 > max {
-        return Err(PullError::Refused(format!(
-            "a component of {} bytes (at most {max})",
-            layer.size
-        )));
-    }
     let blob = blob_path(cache, &layer.digest)?;
     if !holds(&blob, &layer.digest).await {
-        let mut bytes = Capped::new(layer.size as usize);
-        client
-            .pull_blob(&image, *layer, &mut bytes)
-            .await
-            .map_err(classify)?;
-        let bytes = bytes.into_inner();
-        if sha256_of(&bytes) != layer.digest {
-            return Err(PullError::Refused(format!(
-                "digest mismatch: the component's bytes have digest {}, the manifest says {}",
-                sha256_of(&bytes),
-                layer.digest
-            )));
-        }
+        let max = kmsgate_core::files::MAX_COMPONENT as usize;
+        let bytes = pull_capped(&client, &image, layer, max, "a component").await?;
         write_off_runtime(&blob, bytes).await?;
     }
     let signatures = pull_signatures(&client, &auth, reference, &manifest_digest).await?;
@@ -429,7 +402,6 @@ async fn pull_signatures(
     reference: &OciReference,
     manifest_digest: &str,
 ) -> Result<Vec<CosignSignature>, PullError> {
-    use oci_client::errors::{OciDistributionError as E, OciErrorCode};
     let tag = Reference::with_tag(
         reference.registry.clone(),
         reference.repository.clone(),
@@ -439,31 +411,13 @@ async fn pull_signatures(
         oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
         oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
     ];
-    let manifest = match client.pull_manifest_raw(&tag, auth, &accepted).await {
-        Ok((manifest, _)) => manifest,
-        Err(E::RegistryError { envelope, .. })
-            if envelope
-                .errors
-                .iter()
-                .any(|e| e.code == OciErrorCode::ManifestUnknown) =>
-        {
-            return Ok(Vec::new());
-        }
-        Err(E::ServerError { code: 404, .. }) => return Ok(Vec::new()),
-        Err(error) => return Err(classify(error)),
-    };
     let where_ = signatures_at(reference, manifest_digest);
-    if manifest.len() > MAX_MANIFEST {
-        return Err(PullError::Refused(format!(
-            "the signature manifest at {where_} has {} bytes (at most {MAX_MANIFEST})",
-            manifest.len()
-        )));
-    }
-    let parsed: OciImageManifest = serde_json::from_slice(&manifest).map_err(|e| {
-        PullError::Refused(format!(
-            "the signature manifest at {where_} does not parse: {e}"
-        ))
-    })?;
+    let what = format!("the signature manifest at {where_}");
+    let parsed = match pull_manifest(client, auth, &tag, &accepted, &what).await {
+        Ok((_, parsed)) => parsed,
+        Err(Missing) => return Ok(Vec::new()),
+        Err(Failed(error)) => return Err(error),
+    };
     let layers: Vec<_> = parsed
         .layers
         .iter()
@@ -485,24 +439,90 @@ async fn pull_signatures(
             continue;
         };
         let max = crate::signature::MAX_COSIGN_PAYLOAD;
-        if layer.size < 0 || layer.size as usize > max {
-            return Err(PullError::Refused(format!(
-                "a signature payload of {} bytes at {where_} (at most {max})",
-                layer.size
-            )));
-        }
-        let mut payload = Capped::new(layer.size as usize);
-        client
-            .pull_blob(&tag, layer, &mut payload)
-            .await
-            .map_err(classify)?;
+        let what = format!("a signature payload at {where_}");
+        let payload = pull_capped(client, &tag, layer, max, &what).await?;
         use base64::Engine;
         signatures.push(CosignSignature {
-            payload: base64::engine::general_purpose::STANDARD.encode(payload.into_inner()),
+            payload: base64::engine::general_purpose::STANDARD.encode(payload),
             signature: signature.clone(),
         });
     }
     Ok(signatures)
+}
+
+/// Why [`pull_manifest`] has no manifest.
+enum ManifestError {
+    /// The registry has none under that reference.
+    Missing,
+    Failed(PullError),
+}
+use ManifestError::{Failed, Missing};
+
+impl From<ManifestError> for PullError {
+    fn from(error: ManifestError) -> PullError {
+        match error {
+            Missing => PullError::Refused("the registry has no such manifest".into()),
+            Failed(error) => error,
+        }
+    }
+}
+
+/// The manifest at `image` (its bytes, and parsed), at most
+/// [`MAX_MANIFEST`] bytes; `what` names it in errors.
+async fn pull_manifest(
+    client: &Client,
+    auth: &RegistryAuth,
+    image: &Reference,
+    accepted: &[&str],
+    what: &str,
+) -> Result<(bytes::Bytes, OciImageManifest), ManifestError> {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode};
+    let manifest = match client.pull_manifest_raw(image, auth, accepted).await {
+        Ok((manifest, _)) => manifest,
+        Err(E::RegistryError { envelope, .. })
+            if envelope
+                .errors
+                .iter()
+                .any(|e| e.code == OciErrorCode::ManifestUnknown) =>
+        {
+            return Err(Missing);
+        }
+        Err(E::ServerError { code: 404, .. }) => return Err(Missing),
+        Err(error) => return Err(Failed(classify(error))),
+    };
+    if manifest.len() > MAX_MANIFEST {
+        return Err(Failed(PullError::Refused(format!(
+            "{what} has {} bytes (at most {MAX_MANIFEST})",
+            manifest.len()
+        ))));
+    }
+    let parsed = serde_json::from_slice(&manifest)
+        .map_err(|e| Failed(PullError::Refused(format!("{what} does not parse: {e}"))))?;
+    Ok((manifest, parsed))
+}
+
+/// The blob `layer` of `image`, refused if its descriptor gives more than
+/// `max` bytes and cut off if the registry sends more than it gives. The
+/// client checks the bytes against the layer's digest as they stream in.
+async fn pull_capped(
+    client: &Client,
+    image: &Reference,
+    layer: &oci_client::manifest::OciDescriptor,
+    max: usize,
+    what: &str,
+) -> Result<Vec<u8>, PullError> {
+    if layer.size < 0 || layer.size as usize > max {
+        return Err(PullError::Refused(format!(
+            "{what} of {} bytes (at most {max})",
+            layer.size
+        )));
+    }
+    let mut bytes = Capped::new(layer.size as usize);
+    client
+        .pull_blob(image, layer, &mut bytes)
+        .await
+        .map_err(classify)?;
+    Ok(bytes.into_inner())
 }
 
 /// A buffer for a blob that refuses bytes beyond the size its descriptor

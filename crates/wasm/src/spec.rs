@@ -233,6 +233,19 @@ pub enum Source {
     Env { env: String },
 }
 
+impl Source {
+    /// The value: the file's text without its trailing newline, or the
+    /// environment variable. Errors name where, never the value.
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Source::File { file } => read_trimmed(file),
+            Source::Env { env } => {
+                std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
+            }
+        }
+    }
+}
+
 /// One auth of a provider: `[providers.auth.<name>]`, by `kind`. Every
 /// kind takes `hosts`, the `scheme://host:port` entries of
 /// `outbound.allowed_hosts` the credential may be applied to (default: the

@@ -5,7 +5,7 @@
 //! revoked credential makes the provider unhealthy at once, and fixing
 //! the file brings it back without a restart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -90,6 +90,22 @@ async fn credential(gateway: &RunningGateway, provider: &str) -> CredentialInfo 
 
 fn write(path: &Path, text: &str) {
     kmsgate_integration::write_atomically(path, text.as_bytes());
+}
+
+/// An AppRole auth table reading `role_id` and `secret_id` from files
+/// written in `dir`; also returns the secret id's file, to rewrite.
+fn approle_files(dir: &Path, role_id: &str, secret_id: &str) -> (toml::Table, PathBuf) {
+    let (role_file, secret_file) = (dir.join("role-id"), dir.join("secret-id"));
+    write(&role_file, role_id);
+    write(&secret_file, secret_id);
+    let approle = auth_table(
+        "vault-approle",
+        &[
+            ("role_id", file_source(&role_file)),
+            ("secret_id", file_source(&secret_file)),
+        ],
+    );
+    (approle, secret_file)
 }
 
 async fn sealed(client: &mut V2Client, plaintext: &[u8]) -> v2::EncryptResponse {
@@ -373,16 +389,7 @@ async fn a_destroyed_secret_id_is_unhealthy_until_its_file_is_fixed() {
     let role_id = bao.enable_approle().await;
     let secret_id = bao.new_secret_id().await;
     let dir = tempfile::tempdir().unwrap();
-    let (role_file, secret_file) = (dir.path().join("role-id"), dir.path().join("secret-id"));
-    write(&role_file, &role_id);
-    write(&secret_file, &secret_id);
-    let approle = auth_table(
-        "vault-approle",
-        &[
-            ("role_id", file_source(&role_file)),
-            ("secret_id", file_source(&secret_file)),
-        ],
-    );
+    let (approle, secret_file) = approle_files(dir.path(), &role_id, &secret_id);
     let gateway = TestGateway::new()
         .with_provider(ProviderSpec::vault_with_auth(
             "vault",
@@ -444,18 +451,9 @@ async fn a_swapped_out_version_revokes_the_token_it_logged_in_for() {
     bao.create_transit_policy().await;
     let role_id = bao.enable_approle_lasting("1h", "2h").await;
     let dir = tempfile::tempdir().unwrap();
-    let (role_file, secret_file) = (dir.path().join("role-id"), dir.path().join("secret-id"));
-    write(&role_file, &role_id);
-    write(&secret_file, &bao.new_secret_id().await);
+    let (approle, _) = approle_files(dir.path(), &role_id, &bao.new_secret_id().await);
     let component = dir.path().join("vault_transit.wasm");
     std::fs::copy(kmsgate_integration::component("vault_transit"), &component).unwrap();
-    let approle = auth_table(
-        "vault-approle",
-        &[
-            ("role_id", file_source(&role_file)),
-            ("secret_id", file_source(&secret_file)),
-        ],
-    );
     let gateway = TestGateway::new()
         .with_provider(
             ProviderSpec::vault_with_auth("vault", &bao.address, "kube", approle)
@@ -497,16 +495,7 @@ async fn refusals_under_a_flood_ask_for_at_most_one_login_a_second() {
     bao.create_transit_policy().await;
     let role_id = bao.enable_approle().await;
     let dir = tempfile::tempdir().unwrap();
-    let (role_file, secret_file) = (dir.path().join("role-id"), dir.path().join("secret-id"));
-    write(&role_file, &role_id);
-    write(&secret_file, &bao.new_secret_id().await);
-    let approle = auth_table(
-        "vault-approle",
-        &[
-            ("role_id", file_source(&role_file)),
-            ("secret_id", file_source(&secret_file)),
-        ],
-    );
+    let (approle, _) = approle_files(dir.path(), &role_id, &bao.new_secret_id().await);
     let gateway = TestGateway::new()
         .with_provider(ProviderSpec::vault_with_auth(
             "vault",

@@ -318,3 +318,55 @@ async fn a_registry_that_sends_more_than_the_manifest_says_is_cut_off() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn too_many_or_too_large_signatures_are_refused_unread() {
+    let registry = Registry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("registry-password");
+    std::fs::write(&password, registry::PASSWORD).unwrap();
+    let access = registry_table(&registry, &password, false);
+    let digest = registry.push("providers/noisy", "v1", &component("local_aes"));
+    let reference = format!("oci://{}/providers/noisy:v1@{digest}", registry.address);
+    let tag = format!("providers/noisy:{}.sig", digest.replace(':', "-"));
+    let push_signatures = |payloads: &[std::path::PathBuf]| {
+        let layers: Vec<_> = payloads
+            .iter()
+            .map(|payload| {
+                (
+                    payload.as_path(),
+                    "application/vnd.dev.cosign.simplesigning.v1+json",
+                    serde_json::json!({"dev.cosignproject.cosign/signature": "MEUCIQ=="}),
+                )
+            })
+            .collect();
+        registry.push_artifact(
+            &tag,
+            &layers,
+            "application/vnd.oci.image.config.v1+json",
+            serde_json::json!({}),
+        );
+    };
+
+    // 17 signatures, one more than are read.
+    let many: Vec<_> = (0..17)
+        .map(|i| {
+            let path = dir.path().join(format!("payload-{i}.json"));
+            std::fs::write(&path, format!("{{\"n\":{i}}}")).unwrap();
+            path
+        })
+        .collect();
+    push_signatures(&many);
+    let (ok, text) = check(&gateway(&reference, &access, &dir.path().join("a")));
+    assert!(!ok && text.contains("17 signatures"), "{text}");
+
+    // One payload of 20 KiB, more than a signed document needs.
+    let large = dir.path().join("large.json");
+    std::fs::write(&large, vec![b' '; 20 << 10]).unwrap();
+    push_signatures(std::slice::from_ref(&large));
+    let (ok, text) = check(&gateway(&reference, &access, &dir.path().join("b")));
+    assert!(
+        !ok && text.contains("a signature payload at") && text.contains("of 20480 bytes"),
+        "{text}"
+    );
+}

@@ -63,20 +63,15 @@ fn read_all(sources: &[(&'static str, Input)]) -> Result<Inputs, Problem> {
     let mut values = Vec::new();
     for (name, input) in sources {
         let value = match input {
-            Input::Source(Source::File { file }) | Input::File(file) => {
+            Input::Source(source) => source.read().map_err(Problem::refused)?,
+            // A PEM file, kept whole.
+            Input::File(file) => {
                 let bytes =
                     kmsgate_core::files::read_bounded(file, kmsgate_core::files::MAX_SMALL_FILE)
                         .map_err(Problem::refused)?;
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| Problem::refused(format!("{file:?} is not UTF-8")))?;
-                if matches!(input, Input::File(_)) {
-                    text
-                } else {
-                    text.trim_end_matches(['\n', '\r']).to_owned()
-                }
+                String::from_utf8(bytes)
+                    .map_err(|_| Problem::refused(format!("{file:?} is not UTF-8")))?
             }
-            Input::Source(Source::Env { env }) => std::env::var(env)
-                .map_err(|_| Problem::refused(format!("environment variable {env} is not set")))?,
         };
         if value.trim().is_empty() {
             let origin = match input {
